@@ -1,0 +1,45 @@
+"""Backbones: plain nn.Modules, and the registry of their named variants.
+
+Each entry is data only (import target, constructor kwargs, tasks, weights source, the metric protocol its
+paper used), so listing them imports nothing.
+"""
+from mtp.registry import BACKBONES
+
+_IMDN_URL = "https://github.com/Zheng222/IMDN/raw/master/checkpoints/IMDN_x{s}.pth"
+_SR = ["super_resolution", "denoising", "jpeg_restoration"]
+
+# HAT (Chen et al., CVPR 2023): official option files; the scale is set by the task (`upscale`).
+_HAT_COMMON = dict(in_chans=3, img_size=64, window_size=16, compress_ratio=3, squeeze_factor=30, conv_scale=0.01,
+                   overlap_ratio=0.5, mlp_ratio=2, img_range=1.0, upsampler="pixelshuffle", resi_connection="1conv")
+BACKBONES.register("hat_s", "mtp.backbones.hat:HAT",
+                   dict(_HAT_COMMON, embed_dim=144, depths=[6] * 6, num_heads=[6] * 6, compress_ratio=24,
+                        squeeze_factor=24), tasks=_SR, weights_key="params_ema", protocol="basicsr",
+                   description="HAT-S (9.6M params), hybrid attention transformer, Chen et al. 2023")
+BACKBONES.register("hat", "mtp.backbones.hat:HAT",
+                   dict(_HAT_COMMON, embed_dim=180, depths=[6] * 6, num_heads=[6] * 6), tasks=_SR,
+                   weights_key="params_ema", protocol="basicsr",
+                   description="HAT (20.8M params), Chen et al. 2023")
+BACKBONES.register("hat_l", "mtp.backbones.hat:HAT",
+                   dict(_HAT_COMMON, embed_dim=180, depths=[6] * 12, num_heads=[6] * 12), tasks=_SR,
+                   weights_key="params_ema", protocol="basicsr",
+                   description="HAT-L (40.8M params), Chen et al. 2023")
+BACKBONES.register("imdn", "mtp.backbones.imdn:IMDN", dict(in_nc=3, nf=64, num_modules=6, out_nc=3),
+                   tasks=_SR, protocol="basicsr",
+                   weights={2: (_IMDN_URL.format(s=2), "740b39653592bd3f49955a21cd9e16f2d37f2c413368cc09327601b8fbe42ce1"),
+                            4: (_IMDN_URL.format(s=4), "e660c38221147217a136debeb99eb304d62d9c0f73ac421ed66281b619719714")},
+                   description="IMDN (0.7M params), information multi-distillation network, Hui et al. 2019")
+
+# Forecasting backbones take (seq_len, pred_len) and the number of variates from the data.
+_TS = ["forecasting"]
+BACKBONES.register("itransformer", "mtp.backbones.itransformer:ITransformer",
+                   dict(d_model=512, n_heads=8, e_layers=2, d_ff=512, dropout=0.1, activation="gelu", use_norm=True),
+                   tasks=_TS, protocol="thuml",
+                   description="iTransformer (Liu et al., ICLR 2024): attention across variates")
+BACKBONES.register("dlinear", "mtp.backbones.dlinear:DLinear", dict(moving_avg=25, individual=False), tasks=_TS,
+                   protocol="thuml", description="DLinear (Zeng et al., AAAI 2023): decomposition + linear")
+BACKBONES.register("patchtst", "mtp.backbones.patchtst:PatchTST", {}, tasks=_TS, protocol="thuml",
+                   description="PatchTST (Nie et al., ICLR 2023): patches as tokens, channel independence")
+BACKBONES.register("autoformer", "mtp.backbones.autoformer:Autoformer", {}, tasks=_TS, protocol="thuml",
+                   description="Autoformer (Wu et al., NeurIPS 2021): auto-correlation + decomposition")
+BACKBONES.register("nhits", "mtp.backbones.pf_adapter:NHiTSBackbone", {}, tasks=_TS, protocol="thuml",
+                   description="N-HiTS from pytorch-forecasting, on the same windows")

@@ -1,0 +1,25 @@
+"""Task pipelines, and the registry of tasks and metrics (data only: nothing heavy is imported here)."""
+from mtp.registry import METRICS, TASKS
+
+_DETECT_SR = "mtp.backbones.sr_detect:detect"
+TASKS.register("super_resolution", "mtp.pipelines.image_restoration.pipeline:SuperResolutionPipeline",
+               detect=_DETECT_SR, extra="vision", description="x2/x3/x4 image super-resolution (HAT, IMDN)")
+TASKS.register("denoising", "mtp.pipelines.image_restoration.pipeline:DenoisingPipeline",
+               detect=_DETECT_SR, extra="vision", description="colour Gaussian denoising (sigma 15/25/50)")
+TASKS.register("jpeg_restoration", "mtp.pipelines.image_restoration.pipeline:JPEGRestorationPipeline",
+               detect=_DETECT_SR, extra="vision", description="JPEG artefact removal (quality 10-40)")
+TASKS.register("forecasting", "mtp.pipelines.forecasting.pipeline:ForecastingPipeline", extra="timeseries",
+               description="multivariate time-series forecasting (iTransformer, DLinear, PatchTST, ...)")
+
+_IMG = "mtp.pipelines.image_restoration.metrics"
+METRICS.register("psnr", f"{_IMG}:psnr", tasks=["super_resolution", "denoising", "jpeg_restoration"],
+                 description="PSNR on Y (BT.601), border shaved; protocol basicsr (float Y) or matlab (uint8 Y)")
+METRICS.register("ssim", f"{_IMG}:ssim", tasks=["super_resolution", "denoising", "jpeg_restoration"],
+                 description="SSIM, 11x11 Gaussian window sigma 1.5, same protocols as psnr")
+_TS = "mtp.pipelines.forecasting.metrics"
+for _name, _desc in [("mse", "mean squared error on the normalised scale (papers' convention)"),
+                     ("mae", "mean absolute error on the normalised scale (papers' convention)"),
+                     ("rmse", "root mean squared error in original units"),
+                     ("mape", "mean absolute percentage error in original units"),
+                     ("mase", "mean absolute scaled error (seasonal naive on the training series)")]:
+    METRICS.register(_name, f"{_TS}:{_name}", tasks=["forecasting"], description=_desc)

@@ -1,0 +1,261 @@
+"""Train and evaluate a recipe with the Lightning Trainer; write the run folder.
+
+Domain-free: everything task-specific comes from the task pipeline's hooks (`from_recipe`, `datasets`,
+`training_loss`, `validation_loss`, `evaluate_split`, `write_artifacts`). Runs are reproducible and
+resumable: data order and dropout are reseeded from (seed, epoch) at every epoch, so a run resumed from
+`last.ckpt` after a kill ends with the same numbers as one that never stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, Sampler
+
+from mtp.config import Recipe, TrainConfig
+from mtp.files import write_text_atomic
+from mtp.registry import TASKS
+
+log = logging.getLogger("mtp.engine")
+
+
+class EpochShuffleSampler(Sampler):
+    """A random permutation that depends only on (seed, epoch): resuming replays the same order."""
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at each epoch start
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+    def __len__(self):
+        return self.length
+
+
+def _identity(batch):
+    return batch
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    # Datasets that gather whole batches at once (`__getitems__`) return them ready: no collation needed.
+    collate = _identity if hasattr(dataset, "__getitems__") else getattr(dataset, "collate", None)
+    sampler = EpochShuffleSampler(len(dataset), seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
+                      num_workers=num_workers, collate_fn=collate, persistent_workers=num_workers > 0)
+
+
+class TaskModule(L.LightningModule):
+    """The Lightning view of a task pipeline: its model, its loss, the recipe's optimiser."""
+
+    def __init__(self, pipe, train: TrainConfig, steps_per_epoch: int):
+        super().__init__()
+        self.model = pipe.model
+        self.pipe, self.train_config, self.steps_per_epoch = pipe, train, steps_per_epoch
+
+    def training_step(self, batch, batch_idx):
+        loss = self.pipe.training_loss(batch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        # Unweighted mean of batch losses, the convention of the reference training scripts.
+        self.log("val_loss", self.pipe.validation_loss(batch), on_epoch=True, prog_bar=True, batch_size=1)
+
+    def configure_optimizers(self):
+        return _optimizer_and_schedule(self.model.parameters(), self.train_config, self.steps_per_epoch)
+
+
+def _optimizer_and_schedule(params, train: TrainConfig, steps_per_epoch: int):
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    if train.optimizer not in kinds:
+        raise ValueError(f"train.optimizer: unknown {train.optimizer!r}; valid: {', '.join(kinds)}")
+    extra = {"betas": tuple(train.betas)} if train.optimizer != "sgd" else {"momentum": 0.9}
+    optimizer = kinds[train.optimizer](params, lr=train.lr, weight_decay=train.weight_decay, **extra)
+    by_step = train.max_steps > 0
+    if train.scheduler == "none":
+        return optimizer
+    if train.scheduler == "halve_per_epoch":  # thuml's `type1`: lr0 * 0.5 ** epoch
+        schedule, interval = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 ** e), "epoch"
+    elif train.scheduler == "multistep":
+        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, train.milestones, gamma=train.gamma)
+        interval = "step" if by_step else "epoch"
+    elif train.scheduler == "cosine":
+        total = train.max_steps if by_step else train.epochs * steps_per_epoch
+        schedule, interval = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total)), "step"
+    else:
+        raise ValueError(f"train.scheduler: unknown {train.scheduler!r}; valid: none, halve_per_epoch, "
+                         f"multistep, cosine")
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": interval}}
+
+
+class ReseedEachEpoch(L.Callback):
+    """Dropout and augmentation draw from the global RNG: make it a function of (seed, epoch)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer, module):
+        L.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
+
+
+class EMA(L.Callback):
+    """Exponential moving average of the weights; validation and the final evaluation use it."""
+
+    def __init__(self, decay: float):
+        self.decay, self.shadow, self.backup = decay, None, None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        params = module.model.state_dict()
+        if self.shadow is None:
+            self.shadow = {k: v.detach().clone() for k, v in params.items()}
+            return
+        with torch.no_grad():
+            for key, value in params.items():
+                if value.dtype.is_floating_point:
+                    self.shadow[key].lerp_(value.detach(), 1 - self.decay)
+                else:
+                    self.shadow[key].copy_(value)
+
+    def on_validation_start(self, trainer, module):
+        if self.shadow is not None:
+            self.backup = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+            module.model.load_state_dict(self.shadow)
+
+    def on_validation_end(self, trainer, module):
+        if self.backup is not None:
+            module.model.load_state_dict(self.backup)
+            self.backup = None
+
+    def state_dict(self):
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state):
+        self.decay, self.shadow = state["decay"], state["shadow"]
+
+
+def _callbacks(train: TrainConfig, ckpt_dir: Path, has_val: bool) -> list:
+    callbacks = [ReseedEachEpoch(train.seed)]
+    every = {"every_n_train_steps": train.checkpoint_every_steps} if train.checkpoint_every_steps else {}
+    callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **every))
+    if has_val:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
+                                         save_top_k=1, enable_version_counter=False))
+        if train.patience:
+            callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=train.patience,
+                                           min_delta=0.0, check_on_train_epoch_end=False))
+    if train.ema_decay:
+        callbacks.append(EMA(train.ema_decay))
+    return callbacks
+
+
+def run_dir_for(recipe: Recipe) -> Path:
+    return Path(recipe.output.dir) / recipe.output.name
+
+
+def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+    """Train (if the recipe has a `train` section) and evaluate; return what is written to metrics.json."""
+    run_dir = run_dir_for(recipe)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
+        raise FileExistsError(f"run folder {run_dir} already exists: pass --resume to continue it, --overwrite "
+                              f"to start again, or output.name=... for a new folder")
+    if overwrite and not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _log_to_file(run_dir / "run.log"):
+        if resume and not last.exists():
+            log.warning("--resume: no %s yet, starting from the beginning", last)
+        return _run(recipe, run_dir, last if resume and last.exists() else None, progress)
+
+
+def _run(recipe: Recipe, run_dir: Path, resume_from: Path | None, progress: bool) -> dict:
+    started = time.perf_counter()
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    train = recipe.train
+    if train and train.threads:
+        torch.set_num_threads(train.threads)
+    L.seed_everything(train.seed if train else 0, workers=True, verbose=False)
+    pipe = TASKS.get(recipe.task).load().from_recipe(recipe)
+    splits = pipe.datasets(recipe)
+    split = recipe.eval.split
+    if split not in splits:
+        raise ValueError(f"eval.split: {split!r} is not a split of this data; valid: {', '.join(splits)}")
+    fit_seconds = 0.0
+    if train:
+        fit_started = time.perf_counter()
+        _fit(pipe, recipe, splits, run_dir / "checkpoints", resume_from, progress)
+        fit_seconds = time.perf_counter() - fit_started
+    pipe.model.eval()
+    eval_started = time.perf_counter()
+    with torch.no_grad():
+        metrics = pipe.evaluate_split(splits[split], recipe)
+    result = {"task": recipe.task, "recipe": recipe.output.name, "split": split, "metrics": metrics,
+              "fit_seconds": round(fit_seconds, 2), "eval_seconds": round(time.perf_counter() - eval_started, 2),
+              "total_seconds": round(time.perf_counter() - started, 2)}
+    if recipe.output.plots:
+        result["artifacts"] = [str(p) for p in pipe.write_artifacts(run_dir, splits, recipe)]
+    write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2))
+    log.info("metrics: %s", json.dumps(metrics))
+    return result
+
+
+def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path | None, progress: bool):
+    train = recipe.train
+    train_loader = make_loader(splits["train"], train.batch_size, shuffle=True, seed=train.seed,
+                               num_workers=train.num_workers, drop_last=pipe.train_drop_last)
+    val_loader = None
+    if splits.get("val") is not None:
+        val_loader = make_loader(splits["val"], recipe.eval.batch_size, shuffle=False,
+                                 num_workers=train.num_workers)
+    steps_per_epoch = max(1, len(train_loader))
+    module = TaskModule(pipe, train, steps_per_epoch)
+    val_every = ({"val_check_interval": train.val_every_steps, "check_val_every_n_epoch": None}
+                 if train.val_every_steps else {})
+    trainer = L.Trainer(
+        max_epochs=train.epochs if train.max_steps <= 0 else -1, max_steps=train.max_steps,
+        accelerator=train.accelerator, devices=train.devices, strategy=train.strategy,
+        num_nodes=train.num_nodes, precision=train.precision, gradient_clip_val=train.grad_clip,
+        callbacks=_callbacks(train, ckpt_dir, val_loader is not None),
+        logger=CSVLogger(ckpt_dir.parent, name="", version="logs"), default_root_dir=ckpt_dir.parent,
+        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=1.0 if val_loader is not None else 0, **val_every)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+    best = ckpt_dir / "best.ckpt"
+    chosen = best if best.exists() else ckpt_dir / "last.ckpt"
+    state = torch.load(chosen, map_location="cpu", weights_only=False)
+    ema = state.get("callbacks", {}).get("EMA")
+    weights = ema["shadow"] if ema and ema.get("shadow") else {
+        k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+    pipe.model.load_state_dict(weights)
+    log.info("evaluating weights from %s%s", chosen, " (EMA)" if ema else "")
+
+
+@contextlib.contextmanager
+def _log_to_file(path: Path):
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("mtp", "lightning.pytorch")]
+    for logger in loggers:
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
+

@@ -1,0 +1,159 @@
+"""Checkpoints: find them (path or URL), read them (.pth/.pt/.ckpt/.safetensors), unwrap the usual
+nesting (`params_ema`, `params`, `state_dict`, `model`, a `module.` prefix) and load them strictly with a
+readable report of what did not match."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+
+from mtp.files import fetch
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")
+# Keys under which training code nests the weights, in the order a user would want them (EMA first).
+NESTING_KEYS = ("params_ema", "params", "state_dict", "model", "model_state_dict", "net", "generator")
+PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+class WeightsError(ValueError):
+    pass
+
+
+def resolve(spec: str | Path, sha256: str | None = None) -> Path:
+    """A local path as it is, or an http(s) URL downloaded once to the weights cache."""
+    text = str(spec)
+    if text.startswith(("http://", "https://")):
+        return fetch(text, "weights", sha256=sha256)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}. Give a path to a {'/'.join(CHECKPOINT_SUFFIXES)} "
+                           f"file or an http(s) URL")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw object stored in a checkpoint file (a dict)."""
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as err:
+            raise WeightsError(f"{path}: not a readable safetensors file ({err})") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''})") from err
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: expected a dict of tensors (a state dict), found {type(obj).__name__}")
+    return obj
+
+
+def extract_state_dict(obj: dict, key: str | None = None, source: str = "checkpoint") -> "OrderedDict":
+    """Pick the state dict out of a checkpoint object and drop wrapper prefixes.
+
+    `key` forces one nesting key; otherwise the first of NESTING_KEYS present is used, recursively.
+    """
+    import torch
+
+    if key is not None:
+        if key not in obj:
+            raise WeightsError(f"{source}: no key {key!r}; top-level keys are {sorted(obj)[:20]}")
+        obj = obj[key]
+    while not _is_state_dict(obj):
+        nested = next((k for k in NESTING_KEYS if isinstance(obj.get(k), dict)), None)
+        if nested is None:
+            raise WeightsError(f"{source}: found no state dict; top-level keys are {sorted(obj)[:20]}, "
+                               f"expected tensors or one of {NESTING_KEYS}")
+        obj = obj[nested]
+    tensors = OrderedDict((k, v) for k, v in obj.items() if isinstance(v, torch.Tensor))
+    for prefix in PREFIXES:
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            tensors = OrderedDict((k[len(prefix):], v) for k, v in tensors.items())
+    return tensors
+
+
+def _is_state_dict(obj) -> bool:
+    import torch
+
+    return isinstance(obj, dict) and bool(obj) and sum(isinstance(v, torch.Tensor) for v in obj.values()) > len(obj) / 2
+
+
+def load_state_dict_file(path: str | Path, key: str | None = None) -> "OrderedDict":
+    path = resolve(path)
+    return extract_state_dict(read_checkpoint(path), key=key, source=str(path))
+
+
+@dataclass
+class LoadReport:
+    missing: list = field(default_factory=list)
+    unexpected: list = field(default_factory=list)
+    mismatched: list = field(default_factory=list)  # (key, checkpoint shape, model shape)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def format(self, limit: int = 10) -> str:
+        lines = []
+        for title, items in (("missing in checkpoint", self.missing), ("unexpected in checkpoint", self.unexpected)):
+            if items:
+                shown = ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+                lines.append(f"  {len(items)} {title}: {shown}")
+        if self.mismatched:
+            lines.append(f"  {len(self.mismatched)} with another shape:")
+            lines += [f"    {k}: checkpoint {list(a)} vs model {list(b)}" for k, a, b in self.mismatched[:limit]]
+        return "\n".join(lines)
+
+
+def compare(model, state_dict) -> LoadReport:
+    own = model.state_dict()
+    report = LoadReport(missing=[k for k in own if k not in state_dict],
+                        unexpected=[k for k in state_dict if k not in own])
+    report.mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
+                         if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    return report
+
+
+def load_into(model, state_dict, strict: bool = True, source: str = "checkpoint") -> LoadReport:
+    """Load `state_dict` into `model`; with `strict`, any difference raises WeightsError with the report."""
+    report = compare(model, state_dict)
+    if strict and not report.ok:
+        raise WeightsError(f"{source} does not fit {type(model).__name__}:\n{report.format()}")
+    usable = {k: v for k, v in state_dict.items() if k not in report.unexpected
+              and k not in {m[0] for m in report.mismatched}}
+    model.load_state_dict(usable, strict=False)
+    return report
+
+
+def describe(path: str | Path) -> dict:
+    """What a checkpoint holds: nesting, tensor count, parameters, dtypes, and the architecture if known."""
+    from mtp.registry import TASKS, import_object
+
+    path = resolve(path)
+    raw = read_checkpoint(path)
+    state = extract_state_dict(raw, source=str(path))
+    info = {
+        "file": str(path),
+        "size_bytes": path.stat().st_size,
+        "top_level_keys": sorted(raw)[:20] if not _is_state_dict(raw) else ["<state dict>"],
+        "tensors": len(state),
+        "numel": int(sum(v.numel() for v in state.values())),
+        "dtypes": sorted({str(v.dtype).replace("torch.", "") for v in state.values()}),
+        "first_keys": list(state)[:5],
+    }
+    for task in TASKS.entries():
+        detector = task.meta.get("detect")
+        if not detector:
+            continue
+        try:
+            arch = import_object(detector)(state)
+        except (ValueError, KeyError):
+            continue
+        info["architecture"] = asdict(arch) if is_dataclass(arch) else arch
+        info["task"] = task.name
+        break
+    return info
