@@ -1,4 +1,29 @@
-"""Shared attention kernels: one dispatch per operation, a plain-torch reference beside each fast path."""
-from mtp.kernels.attention import attention, attention_reference
+"""Shared attention kernels: one dispatch per operation, a plain-torch reference beside each fast path.
 
-__all__ = ["attention", "attention_reference"]
+CUDA runs Triton flash kernels (mtp.kernels.triton_attention, imported only there); CPU runs PyTorch SDPA.
+"""
+from mtp.kernels.attention import attention, attention_reference
+from mtp.kernels.varlen import varlen_attention, varlen_attention_reference
+from mtp.kernels.window import (
+    overlapping_relative_position_index,
+    region_mask,
+    relative_position_index,
+    shifted_window_mask,
+    shifted_window_region_ids,
+    window_attention,
+    window_attention_reference,
+)
+
+__all__ = [
+    "attention",
+    "attention_reference",
+    "overlapping_relative_position_index",
+    "region_mask",
+    "relative_position_index",
+    "shifted_window_mask",
+    "shifted_window_region_ids",
+    "varlen_attention",
+    "varlen_attention_reference",
+    "window_attention",
+    "window_attention_reference",
+]

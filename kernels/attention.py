@@ -1,14 +1,103 @@
-"""Dense attention: a plain-torch reference and the dispatch every backbone calls."""
+"""Dense attention: a plain-torch reference and the dispatch every backbone calls.
+
+Dispatch: CUDA tensors go to the Triton flash kernel (bias, bool/float mask and causal handled inside the
+kernel, forward and backward); everything else, and what the kernel does not cover (dropout, float64,
+head dims above 128, Triton missing), goes to PyTorch's scaled_dot_product_attention with bias, mask and
+causal folded into one additive mask. The path taken is logged at debug level on "mtp.kernels".
+
+Causal masking is aligned to the bottom-right corner when Lq != Lk (query i sees keys j <= i + Lk - Lq).
+A query row that can see no key at all gets a zero output on every path.
+"""
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger("mtp.kernels")
+
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_MAX_HEAD_DIM = 128
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_triton(*tensors: torch.Tensor, dropout_p: float = 0.0) -> bool:
+    """True when the Triton kernels cover these q/k/v: CUDA, one supported dtype, head dim <= 128, no dropout."""
+    q = tensors[0]
+    return (q.is_cuda and dropout_p == 0.0 and triton_available() and q.dtype in TRITON_DTYPES
+            and all(t.dtype == q.dtype for t in tensors) and q.shape[-1] <= TRITON_MAX_HEAD_DIM)
+
+
+def causal_keep(lq: int, lk: int, device) -> torch.Tensor:
+    """Bool [Lq, Lk]: True where query i may see key j (bottom-right aligned)."""
+    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(lk - lq)
+
+
+def _check_inputs(q, k, v, bias, mask):
+    if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim():
+        raise ValueError(f"attention: q, k, v must be [..., L, D] with the same rank, got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"attention: need q[..., D] == k[..., D] and k[..., Lk, :] == v[..., Lk, :], got q "
+                         f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    lq, lk = q.shape[-2], k.shape[-2]
+    for name, extra in (("bias", bias), ("mask", mask)):
+        if extra is None:
+            continue
+        if extra.dim() < 2 or extra.shape[-2] not in (1, lq) or extra.shape[-1] not in (1, lk):
+            raise ValueError(f"attention: {name} of shape {tuple(extra.shape)} does not broadcast to "
+                             f"[..., {lq}, {lk}] (queries, keys)")
+        if name == "mask" and extra.dtype != torch.bool and not extra.is_floating_point():
+            raise ValueError(f"attention: mask must be bool (True = keep) or float (additive), got {extra.dtype}")
+
+
+def fold_masks(bias, mask, causal, lq, lk, dtype, device):
+    """One mask for SDPA: bool when only bool parts exist (cheaper), else additive in `dtype`."""
+    keep = mask if mask is not None and mask.dtype == torch.bool else None
+    if causal:
+        tri = causal_keep(lq, lk, device)
+        keep = tri if keep is None else keep & tri
+    additive = bias.to(dtype) if bias is not None else None
+    if mask is not None and mask.dtype != torch.bool:
+        additive = mask.to(dtype) if additive is None else additive + mask.to(dtype)
+    if additive is None:
+        return keep
+    if keep is None:
+        return additive
+    return torch.where(keep, additive, torch.tensor(float("-inf"), dtype=dtype, device=device))
+
+
+def _as_4d(x: torch.Tensor) -> torch.Tensor:
+    """[..., L, D] -> [Z, H, L, D] so SDPA's fused CPU kernel applies (it rejects 3-D and 5-D inputs)."""
+    if x.dim() == 4:
+        return x
+    if x.dim() < 4:
+        return x.reshape((1,) * (4 - x.dim()) + tuple(x.shape))
+    return x.reshape(-1, *x.shape[-3:])
+
+
+def _mask_as_4d(m: torch.Tensor | None, batch_shape: torch.Size) -> torch.Tensor | None:
+    if m is None or m.dim() <= 4 and len(batch_shape) <= 2:
+        return m
+    if len(batch_shape) <= 2:  # extra leading singleton dims only
+        return m.reshape(m.shape[-4:])
+    # merging leading dims: broadcast first (reshape copies only when the broadcast layout demands it)
+    return m.expand(*batch_shape, *m.shape[-2:]).reshape(-1, batch_shape[-1], *m.shape[-2:])
+
 
 def attention_reference(q, k, v, *, bias=None, mask=None, causal=False, scale=None, dropout_p=0.0):
-    """softmax(q k^T * scale + bias) v, computed naively. q,k,v: [..., L, D]."""
+    """softmax(q k^T * scale + bias [+ mask]) v computed naively; q, k, v: [..., L, D]."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale
     if bias is not None:
@@ -17,21 +106,42 @@ def attention_reference(q, k, v, *, bias=None, mask=None, causal=False, scale=No
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     if causal:
         lq, lk = scores.shape[-2:]
-        keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
-        scores = scores.masked_fill(~keep, float("-inf"))
+        scores = scores.masked_fill(~causal_keep(lq, lk, q.device), float("-inf"))
     probs = scores.softmax(dim=-1)
+    # a row with no visible key is all-NaN after softmax; every fast path returns zeros there
+    probs = probs.masked_fill(torch.isneginf(scores).all(-1, keepdim=True), 0.0)
     if dropout_p > 0:
         probs = F.dropout(probs, dropout_p)
     return probs @ v
 
 
 def attention(q, k, v, *, bias=None, mask=None, causal=False, scale=None, dropout_p=0.0):
-    """Attention for every backbone; picks the fastest correct path for the device."""
-    attn_mask = bias
-    if mask is not None:
-        as_float = torch.zeros_like(mask, dtype=q.dtype).masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else mask
-        attn_mask = as_float if attn_mask is None else attn_mask + as_float
-    if attn_mask is not None:
-        attn_mask = attn_mask.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-                                          is_causal=causal and attn_mask is None, scale=scale)
+    """Attention for every backbone; q [..., Lq, D], k/v [..., Lk, D], bias/mask broadcast to [..., Lq, Lk].
+
+    mask: bool (True = attend) or float (added like bias). dropout_p applies whenever > 0, so pass
+    0 in eval mode.
+    """
+    _check_inputs(q, k, v, bias, mask)
+    lq, lk = q.shape[-2], k.shape[-2]
+    if use_triton(q, k, v, dropout_p=dropout_p) and q.shape[-1] == v.shape[-1]:
+        from mtp.kernels.triton_attention import flash_attention
+
+        log.debug("attention: triton flash kernel q%s k%s bias=%s mask=%s causal=%s", tuple(q.shape),
+                  tuple(k.shape), bias is not None, mask is not None, causal)
+        additive = fold_masks(bias, mask, False, lq, lk, q.dtype, q.device)
+        if additive is not None and additive.dtype == torch.bool:
+            additive = torch.zeros(additive.shape, dtype=q.dtype, device=q.device).masked_fill_(~additive,
+                                                                                               float("-inf"))
+        out = flash_attention(_as_4d(q), _as_4d(k), _as_4d(v), bias=_mask_as_4d(additive, q.shape[:-2]),
+                              causal=causal, scale=scale)
+        return out.reshape(*q.shape[:-1], v.shape[-1])
+
+    log.debug("attention: sdpa q%s k%s bias=%s mask=%s causal=%s dropout=%s", tuple(q.shape), tuple(k.shape),
+              bias is not None, mask is not None, causal, dropout_p)
+    # SDPA's own is_causal is top-left aligned, so it only stands in for ours when Lq == Lk
+    native_causal = causal and lq == lk and bias is None and mask is None
+    attn_mask = fold_masks(bias, mask, causal and not native_causal, lq, lk, q.dtype, q.device)
+    out = F.scaled_dot_product_attention(_as_4d(q), _as_4d(k), _as_4d(v),
+                                         attn_mask=_mask_as_4d(attn_mask, q.shape[:-2]), dropout_p=dropout_p,
+                                         is_causal=native_causal, scale=scale)
+    return out.reshape(*q.shape[:-1], v.shape[-1])

@@ -30,10 +30,23 @@ class BackboneConfig:
 
 
 @dataclass
+class SplitConfig:
+    name: Optional[str] = None          # None: the data section's
+    root: Optional[str] = None
+    kwargs: dict = field(default_factory=dict)  # merged over the data section's kwargs
+
+
+@dataclass
 class DataConfig:
-    name: str = ""                      # registered dataset
-    root: Optional[str] = None          # folder or file; None: $MTP_DATA_DIR, then the download cache
+    name: str = ""                      # registered dataset (`mtp list datasets`)
+    root: Optional[str] = None          # folder or file; relative paths are looked up under $MTP_DATA_DIR
     kwargs: dict = field(default_factory=dict)  # the dataset builder's arguments
+    splits: dict[str, SplitConfig] = field(default_factory=dict)  # per-split sources (train/val/test)
+
+    def for_split(self, split: str) -> SplitConfig:
+        """The source of one split: the section's name/root/kwargs, overridden by `splits[split]`."""
+        own = self.splits.get(split, SplitConfig())
+        return SplitConfig(own.name or self.name, own.root or self.root, {**self.kwargs, **own.kwargs})
 
 
 @dataclass
@@ -206,7 +219,8 @@ def _convert(hint, value, source: str, path: str):
             return {}
         if not isinstance(value, dict):
             raise RecipeError(f"{source}: {path}: expected a mapping, found {type(value).__name__} {value!r}")
-        return dict(value)
+        item = (typing.get_args(hint) or (str, Any))[1]
+        return {k: _convert(item, v, source, f"{path}.{k}") for k, v in value.items()}
     if hint is Any:
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -22,6 +22,15 @@ def data_dir() -> Path | None:
     return Path(value) if value else None
 
 
+def resolve_data_path(path: str | Path) -> Path:
+    """A recipe's data path: absolute as given; relative ones under $MTP_DATA_DIR when it has them."""
+    path = Path(os.path.expandvars(str(path))).expanduser()
+    root = data_dir()
+    if not path.is_absolute() and root is not None and (root / path).exists():
+        return root / path
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, overwrite: bool = False):
     """Yield a temporary path beside `path`; on success it is renamed onto `path` in one step.

@@ -1,0 +1,195 @@
+"""Window attention for Swin-style backbones (HAT's window self-attention and OCAB cross-attention).
+
+Layout: q [B*nW, heads, Nq, D], k/v [B*nW, heads, Nk, D], windows ordered batch-major, then row-major
+over the window grid. Scores = q k^T * scale + table[index, head] + shift mask, with HAT's numerics: the
+relative-position bias is added first, the shifted-window mask (-100, not -inf, between tokens of
+different regions) second.
+
+`shift_mask` is either HAT's stored float mask [nW, Nq, Nk] or, cheaper, integer region ids [nW, N] from
+`shifted_window_region_ids`; the fast paths build the mask from the ids instead of reading a stored one.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from mtp.kernels.attention import use_triton
+
+log = logging.getLogger("mtp.kernels")
+
+SHIFT_FILL = -100.0
+
+
+def relative_position_index(window_size: int, device=None) -> torch.Tensor:
+    """Swin/HAT index [ws^2, ws^2] into a [(2ws-1)^2, heads] bias table (HAT's relative_position_index_SA)."""
+    ys, xs = _grid(window_size, device)
+    side = 2 * window_size - 1
+    return (ys[:, None] - ys[None, :] + window_size - 1) * side + (xs[:, None] - xs[None, :] + window_size - 1)
+
+
+def overlapping_relative_position_index(window_size: int, overlap_window_size: int, device=None) -> torch.Tensor:
+    """HAT's OCAB index [ws^2, ows^2] into a [(ws+ows-1)^2, heads] table (relative_position_index_OCA).
+
+    Reproduces the official values exactly, negative entries included: they index the table from its end,
+    as torch indexing does, and the values still hit every row once.
+    """
+    ys, xs = _grid(window_size, device)
+    ext_ys, ext_xs = _grid(overlap_window_size, device)
+    side = window_size + overlap_window_size - 1
+    offset = window_size - overlap_window_size + 1
+    return (ext_ys[None, :] - ys[:, None] + offset) * side + (ext_xs[None, :] - xs[:, None] + offset)
+
+
+def _grid(size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    coords = torch.arange(size, device=device)
+    return coords.repeat_interleave(size), coords.repeat(size)
+
+
+def shifted_window_region_ids(height: int, width: int, window_size: int, shift: int, device=None) -> torch.Tensor:
+    """Region id of every token of every window, [nW, ws^2] int64, for a feature map rolled by -shift.
+
+    Tokens of a window may attend to each other only when their ids agree; the regions are the 3x3 bands
+    [0, H-ws), [H-ws, H-shift), [H-shift, H) per axis, as in Swin's calculate_mask.
+    """
+    if height % window_size or width % window_size:
+        raise ValueError(f"shifted window mask: size {height}x{width} is not a multiple of window_size "
+                         f"{window_size} (pad the feature map first)")
+    if not 0 < shift < window_size:
+        raise ValueError(f"shifted window mask: shift must be in (0, window_size={window_size}), got {shift}")
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    row_band = (rows >= height - window_size).long() + (rows >= height - shift).long()
+    col_band = (cols >= width - window_size).long() + (cols >= width - shift).long()
+    ids = row_band[:, None] * 3 + col_band[None, :]
+    ids = ids.view(height // window_size, window_size, width // window_size, window_size)
+    return ids.permute(0, 2, 1, 3).reshape(-1, window_size * window_size)
+
+
+def region_mask(region_ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """[..., N] region ids -> [..., N, N] additive mask: SHIFT_FILL between different regions, else 0."""
+    differ = region_ids[..., :, None] != region_ids[..., None, :]
+    return torch.zeros(differ.shape, dtype=dtype, device=region_ids.device).masked_fill_(differ, SHIFT_FILL)
+
+
+def shifted_window_mask(height: int, width: int, window_size: int, shift: int, device=None,
+                        dtype=torch.float32) -> torch.Tensor:
+    """HAT's attn_mask [nW, ws^2, ws^2]: -100 between tokens of different shifted regions, 0 elsewhere."""
+    return region_mask(shifted_window_region_ids(height, width, window_size, shift, device), dtype)
+
+
+def _check_inputs(q, k, v, bias_table, bias_index, shift_mask):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"window_attention: q, k, v must be [B*nW, heads, N, D], got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"window_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} disagree "
+                         "(need the same windows and heads, k/v of one length, q/k of one head dim)")
+    heads, nq, nk = q.shape[1], q.shape[2], k.shape[2]
+    if bias_table.dim() != 2 or bias_table.shape[1] != heads:
+        raise ValueError(f"window_attention: bias_table must be [entries, heads={heads}], got "
+                         f"{tuple(bias_table.shape)}")
+    if tuple(bias_index.shape) != (nq, nk) or bias_index.is_floating_point():
+        raise ValueError(f"window_attention: bias_index must be an integer [{nq}, {nk}] tensor, got "
+                         f"{bias_index.dtype} {tuple(bias_index.shape)}")
+    entries = bias_table.shape[0]
+    low, high = int(bias_index.min()), int(bias_index.max())
+    if low < -entries or high >= entries:
+        raise ValueError(f"window_attention: bias_index values span [{low}, {high}], outside the table's "
+                         f"[-{entries}, {entries})")
+    if shift_mask is None:
+        return
+    n_windows = shift_mask.shape[0]
+    if shift_mask.is_floating_point():
+        if tuple(shift_mask.shape[1:]) != (nq, nk):
+            raise ValueError(f"window_attention: float shift_mask must be [nW, {nq}, {nk}], got "
+                             f"{tuple(shift_mask.shape)}")
+    elif shift_mask.dim() != 2 or shift_mask.shape[1] != nq or nq != nk:
+        raise ValueError(f"window_attention: integer shift_mask (region ids) must be [nW, {nq}] with as many "
+                         f"keys as queries, got {tuple(shift_mask.shape)} for q/k lengths {nq}/{nk}")
+    if q.shape[0] % n_windows:
+        raise ValueError(f"window_attention: {q.shape[0]} windows in q is not a multiple of the mask's "
+                         f"{n_windows} windows per image")
+
+
+def _bias(bias_table, bias_index, dtype):
+    """[heads, Nq, Nk] relative-position bias, gathered once for all windows."""
+    nq, nk = bias_index.shape
+    return bias_table[bias_index.reshape(-1)].view(nq, nk, -1).permute(2, 0, 1).to(dtype)
+
+
+def window_attention_reference(q, k, v, bias_table, bias_index, *, shift_mask=None, scale=None):
+    """HAT's WindowAttention/OCAB computation step by step, materialising every [B*nW, heads, Nq, Nk] tensor."""
+    _check_inputs(q, k, v, bias_table, bias_index, shift_mask)
+    heads, nq, nk = q.shape[1], q.shape[2], k.shape[2]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    attn = (q * scale) @ k.transpose(-2, -1)
+    attn = attn + _bias(bias_table, bias_index, q.dtype).unsqueeze(0)
+    if shift_mask is not None:
+        mask = shift_mask if shift_mask.is_floating_point() else region_mask(shift_mask, q.dtype)
+        n_windows = mask.shape[0]
+        attn = attn.view(-1, n_windows, heads, nq, nk) + mask.to(q.dtype).unsqueeze(1).unsqueeze(0)
+        attn = attn.view(-1, heads, nq, nk)
+    return attn.softmax(dim=-1) @ v
+
+
+def window_attention(q, k, v, bias_table, bias_index, *, shift_mask=None, scale=None):
+    """Fast window attention; same contract and numerics as window_attention_reference."""
+    _check_inputs(q, k, v, bias_table, bias_index, shift_mask)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if use_triton(q, k, v) and q.shape[-1] == v.shape[-1] and bias_table.is_floating_point():
+        from mtp.kernels.triton_attention import flash_window_attention
+
+        log.debug("window_attention: triton kernel q%s k%s shift=%s", tuple(q.shape), tuple(k.shape),
+                  None if shift_mask is None else ("regions" if not shift_mask.is_floating_point() else "stored"))
+        index = torch.remainder(bias_index, bias_table.shape[0])  # torch's negative indexing, made explicit
+        regions = None if shift_mask is None or shift_mask.is_floating_point() else shift_mask
+        stored = shift_mask if shift_mask is not None and shift_mask.is_floating_point() else None
+        return flash_window_attention(q, k, v, bias_table, index, shift_regions=regions, shift_mask=stored,
+                                      scale=scale)
+    log.debug("window_attention: sdpa q%s k%s shift=%s", tuple(q.shape), tuple(k.shape), shift_mask is not None)
+    return _window_attention_sdpa(q, k, v, bias_table, bias_index, shift_mask, scale)
+
+
+def _window_attention_sdpa(q, k, v, bias_table, bias_index, shift_mask, scale):
+    """SDPA over all windows with the shared [1, heads, Nq, Nk] bias, then again over the windows that a shift
+    mask touches. Peak extra memory is the bias plus the masked windows' share, never [B*nW, heads, Nq, Nk]."""
+    bias = _bias(bias_table, bias_index, q.dtype).contiguous().unsqueeze(0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    if shift_mask is None:
+        return out
+    if shift_mask.is_floating_point():
+        windows = shift_mask.flatten(1).ne(0).any(1).nonzero().squeeze(1)
+        if len(windows):
+            masks = bias + shift_mask[windows].to(q.dtype).unsqueeze(1)
+            out = _recompute_windows(out, q, k, v, windows, shift_mask.shape[0], masks, scale)
+        return out
+    # region ids: only a handful of distinct patterns exist (4 for Swin shifts), one mask each
+    patterns, which = torch.unique(shift_mask, dim=0, return_inverse=True)
+    for number, pattern in enumerate(patterns):
+        if bool((pattern == pattern[0]).all()):
+            continue  # a single region: the mask is all zero
+        windows = (which == number).nonzero().squeeze(1)
+        mask = bias + region_mask(pattern, q.dtype)
+        out = _recompute_windows(out, q, k, v, windows, shift_mask.shape[0], mask, scale)
+    return out
+
+
+def _recompute_windows(out, q, k, v, windows, n_windows, mask, scale):
+    """Redo attention of `windows` (per image) with `mask` [1 or len(windows), heads, Nq, Nk]; out of place so
+    autograd keeps the first SDPA's output intact."""
+    batch, heads = q.shape[0] // n_windows, q.shape[1]
+
+    def pick(x):
+        return x.view(batch, n_windows, *x.shape[1:])[:, windows]  # [B, n, heads, N, D]
+
+    if mask.shape[0] == 1:  # one mask shared by the windows: windows go to the batch dim
+        redone = F.scaled_dot_product_attention(pick(q).flatten(0, 1), pick(k).flatten(0, 1), pick(v).flatten(0, 1),
+                                                attn_mask=mask, scale=scale)
+    else:  # a mask per window: windows join the head dim so one mask tensor broadcasts over the batch
+        redone = F.scaled_dot_product_attention(pick(q).flatten(1, 2), pick(k).flatten(1, 2), pick(v).flatten(1, 2),
+                                                attn_mask=mask.flatten(0, 1).unsqueeze(0), scale=scale)
+    redone = redone.reshape(batch, len(windows), heads, *out.shape[2:])
+    per_image = out.view(batch, n_windows, *out.shape[1:]).index_copy(1, windows, redone)
+    return per_image.view(out.shape)
