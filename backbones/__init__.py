@@ -29,17 +29,18 @@ BACKBONES.register("imdn", "mtp.backbones.imdn:IMDN", dict(in_nc=3, nf=64, num_m
                             4: (_IMDN_URL.format(s=4), "e660c38221147217a136debeb99eb304d62d9c0f73ac421ed66281b619719714")},
                    description="IMDN (0.7M params), information multi-distillation network, Hui et al. 2019")
 
-# Forecasting backbones take (seq_len, pred_len) and the number of variates from the data.
+# Forecasting backbones take (seq_len, pred_len) and the number of variates from the data; their
+# defaults are thuml's run.py defaults, and recipes set each paper's hyper-parameters.
 _TS = ["forecasting"]
-BACKBONES.register("itransformer", "mtp.backbones.itransformer:ITransformer",
-                   dict(d_model=512, n_heads=8, e_layers=2, d_ff=512, dropout=0.1, activation="gelu", use_norm=True),
-                   tasks=_TS, protocol="thuml",
+BACKBONES.register("itransformer", "mtp.backbones.itransformer:ITransformer", {}, tasks=_TS, protocol="thuml",
                    description="iTransformer (Liu et al., ICLR 2024): attention across variates")
-BACKBONES.register("dlinear", "mtp.backbones.dlinear:DLinear", dict(moving_avg=25, individual=False), tasks=_TS,
+BACKBONES.register("dlinear", "mtp.backbones.dlinear:DLinear", {}, tasks=_TS,
                    protocol="thuml", description="DLinear (Zeng et al., AAAI 2023): decomposition + linear")
 BACKBONES.register("patchtst", "mtp.backbones.patchtst:PatchTST", {}, tasks=_TS, protocol="thuml",
                    description="PatchTST (Nie et al., ICLR 2023): patches as tokens, channel independence")
 BACKBONES.register("autoformer", "mtp.backbones.autoformer:Autoformer", {}, tasks=_TS, protocol="thuml",
                    description="Autoformer (Wu et al., NeurIPS 2021): auto-correlation + decomposition")
-BACKBONES.register("nhits", "mtp.backbones.pf_adapter:NHiTSBackbone", {}, tasks=_TS, protocol="thuml",
-                   description="N-HiTS from pytorch-forecasting, on the same windows")
+BACKBONES.register("nhits", "mtp.backbones.pf_adapter:PFForecaster", dict(model="nhits"), tasks=_TS,
+                   protocol="thuml", description="N-HiTS (pytorch-forecasting) on the same windows and split")
+BACKBONES.register("tft", "mtp.backbones.pf_adapter:PFForecaster", dict(model="tft"), tasks=_TS,
+                   protocol="thuml", description="Temporal Fusion Transformer (pytorch-forecasting) on the same windows")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtp.backbones.dlinear import SeriesDecomposition
-from mtp.backbones.itransformer import Dropout, PointwiseConv, _activation
+from mtp.backbones.itransformer import Dropout, PointwiseConv, activation_function
 from mtp.backbones.patchtst import PositionalEmbedding
 
 # Number of thuml `timeF` features per frequency letter (their TimeFeatureEmbedding table).
@@ -151,7 +151,7 @@ class EncoderLayer(nn.Module):
         self.decomp1 = SeriesDecomposition(moving_avg)
         self.decomp2 = SeriesDecomposition(moving_avg)
         self.dropout = Dropout(dropout)
-        self.activation = _activation(activation)
+        self.activation = activation_function(activation)
 
     def forward(self, x):
         new_x, corr = self.attention(x, x, x)
@@ -192,7 +192,7 @@ class DecoderLayer(nn.Module):
         self.decomp3 = SeriesDecomposition(moving_avg)
         self.dropout = Dropout(dropout)
         self.projection = nn.Conv1d(d_model, c_out, kernel_size=3, padding=1, padding_mode="circular", bias=False)
-        self.activation = _activation(activation)
+        self.activation = activation_function(activation)
 
     def forward(self, x, cross):
         x, trend1 = self.decomp1(x + self.dropout(self.self_attention(x, x, x)[0]))
@@ -245,14 +245,16 @@ class Autoformer(nn.Module):
         self.output_attention = bool(output_attention)
         self.decomp = SeriesDecomposition(moving_avg)
         self.enc_embedding = DataEmbeddingWithoutPosition(enc_in, d_model, freq, dropout)
+
+        def correlation():
+            return AutoCorrelationLayer(d_model, n_heads, factor)
+
         self.encoder = Encoder(
-            [EncoderLayer(AutoCorrelationLayer(d_model, n_heads, factor), d_model, d_ff, moving_avg, dropout, activation)
-             for _ in range(e_layers)],
+            [EncoderLayer(correlation(), d_model, d_ff, moving_avg, dropout, activation) for _ in range(e_layers)],
             norm_layer=SeasonalLayerNorm(d_model))
         self.dec_embedding = DataEmbeddingWithoutPosition(dec_in, d_model, freq, dropout)
         self.decoder = Decoder(
-            [DecoderLayer(AutoCorrelationLayer(d_model, n_heads, factor), AutoCorrelationLayer(d_model, n_heads, factor),
-                          d_model, c_out, d_ff, moving_avg, dropout, activation)
+            [DecoderLayer(correlation(), correlation(), d_model, c_out, d_ff, moving_avg, dropout, activation)
              for _ in range(d_layers)],
             norm_layer=SeasonalLayerNorm(d_model),
             projection=nn.Linear(d_model, c_out))

@@ -16,7 +16,7 @@ from torch import nn
 from mtp.kernels import attention
 
 
-def _activation(name: str):
+def activation_function(name: str):
     if name not in ("relu", "gelu"):
         raise ValueError(f"activation={name!r}: expected 'relu' or 'gelu'")
     return F.relu if name == "relu" else F.gelu   # exact (erf) GELU, as the official code
@@ -109,7 +109,7 @@ class EncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = Dropout(dropout)
-        self.activation = _activation(activation)
+        self.activation = activation_function(activation)
 
     def forward(self, x, return_attention: bool = False, n_out: int | None = None):
         new_x, attn = self.attention(x, return_attention, n_out)
@@ -179,7 +179,7 @@ class ITransformer(nn.Module):
         self.projector = nn.Linear(d_model, pred_len)
 
     @classmethod
-    def from_configs(cls, configs) -> "ITransformer":
+    def from_configs(cls, configs) -> ITransformer:
         """Build from thuml's `configs` namespace (or a dict); keys the model does not read are ignored."""
         values = dict(configs) if isinstance(configs, dict) else vars(configs)
         names = inspect.signature(cls.__init__).parameters

@@ -83,7 +83,10 @@ class PFForecaster(nn.Module):
             position = self.reals.index("relative_time_idx")
             encoder_cont[..., position] = steps[:length]
             decoder_cont[..., position] = steps[length:]
-        lengths = lambda n: torch.full((count,), n, dtype=torch.long, device=device)  # noqa: E731
+
+        def lengths(n: int) -> torch.Tensor:
+            return torch.full((count,), n, dtype=torch.long, device=device)
+
         return {
             "encoder_cat": torch.zeros(count, length, 0, dtype=torch.long, device=device),
             "encoder_cont": encoder_cont,

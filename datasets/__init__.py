@@ -4,7 +4,7 @@ from mtp.registry import DATASETS
 
 _TS = "mtp.datasets.timeseries"
 for _name in ("ETTh1", "ETTh2", "ETTm1", "ETTm2"):
-    DATASETS.register(_name, f"{_TS}:make_splits", dict(name=_name), tasks=["forecasting"],
+    DATASETS.register(_name, f"{_TS}:make_splits", dict(name_or_path=_name), tasks=["forecasting"],
                       description=f"{_name} (Zhou et al. 2021), standard 12/4/4-month split")
 DATASETS.register("csv", f"{_TS}:make_splits", {}, tasks=["forecasting"],
                   description="any CSV with a date column, 70/10/20 chronological split")

@@ -303,7 +303,7 @@ class StandardScaler:
     scale_: np.ndarray
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> "StandardScaler":
+    def fit(cls, values: np.ndarray) -> StandardScaler:
         values = np.asarray(values, dtype=np.float64)
         std = values.std(axis=0)
         return cls(values.mean(axis=0), np.where(std == 0, 1.0, std))
@@ -495,7 +495,7 @@ class LongFormatData:
 
         last = int(frame["time_idx"].max())
         if val_start is None:
-            val_start = int(round(last * (1 - val_fraction)))
+            val_start = round(last * (1 - val_fraction))
         if not seq_len + pred_len <= val_start <= last - pred_len + 1:
             raise ValueError(f"val_start={val_start}: expected within [{seq_len + pred_len}, {last - pred_len + 1}] "
                              f"so both training and validation hold whole windows")

@@ -88,10 +88,11 @@ def _as_4d(x: torch.Tensor) -> torch.Tensor:
 
 
 def _mask_as_4d(m: torch.Tensor | None, batch_shape: torch.Size) -> torch.Tensor | None:
-    if m is None or m.dim() <= 4 and len(batch_shape) <= 2:
-        return m
-    if len(batch_shape) <= 2:  # extra leading singleton dims only
-        return m.reshape(m.shape[-4:])
+    """The mask matching _as_4d(q); SDPA's fused CPU kernel also wants the mask itself 4-D."""
+    if m is None:
+        return None
+    if len(batch_shape) <= 2:  # q only gained leading singleton dims
+        return m.reshape((1,) * (4 - m.dim()) + tuple(m.shape)) if m.dim() <= 4 else m.reshape(m.shape[-4:])
     # merging leading dims: broadcast first (reshape copies only when the broadcast layout demands it)
     return m.expand(*batch_shape, *m.shape[-2:]).reshape(-1, batch_shape[-1], *m.shape[-2:])
 

@@ -200,6 +200,10 @@ def _run(recipe: Recipe, run_dir: Path, resume_from: Path | None, progress: bool
         _fit(pipe, recipe, splits, run_dir / "checkpoints", resume_from, progress)
         fit_seconds = time.perf_counter() - fit_started
     pipe.model.eval()
+    if train:
+        from mtp.weights import export
+
+        export(pipe, run_dir / "model.safetensors")
     eval_started = time.perf_counter()
     with torch.no_grad():
         metrics = pipe.evaluate_split(splits[split], recipe)
@@ -222,6 +226,7 @@ def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path |
         val_loader = make_loader(splits["val"], recipe.eval.batch_size, shuffle=False,
                                  num_workers=train.num_workers)
     steps_per_epoch = max(1, len(train_loader))
+    pipe.model.train()  # pipelines build models in eval mode; Lightning keeps the mode it finds
     module = TaskModule(pipe, train, steps_per_epoch)
     val_every = ({"val_check_interval": train.val_every_steps, "check_val_every_n_epoch": None}
                  if train.val_every_steps else {})

@@ -131,16 +131,18 @@ class TaskPipeline:
     train_drop_last: ClassVar[bool] = False       # the reference training scripts of some tasks drop it
 
     def __init__(self, backbone: str | None = None, weights: str | None = None, device: str = "auto",
-                 dtype: str | None = None, model=None, **options):
+                 dtype: str | None = None, model=None, backbone_kwargs: dict | None = None, **options):
         unknown = [k for k in options if k not in self.options]
         if unknown:
             raise UnknownNameError(unknown_name_message(f"option for {self.task}", unknown[0], list(self.options)))
+        self.given_options = set(options)
         self.config = {**self.options, **options}
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.backbone_name = backbone
         self.weights = weights
-        self.model = model if model is not None else self.build_model(backbone, weights)
+        self.model_kwargs = dict(backbone_kwargs or {})
+        self.model = model if model is not None else self.build_model(backbone, weights, **self.model_kwargs)
         if self.model is not None:
             self.model.to(self.device).eval()
 
@@ -158,6 +160,7 @@ class TaskPipeline:
         from mtp.weights import load_into, load_state_dict_file
 
         entry = self.backbone_entry(backbone)
+        self.model_kwargs = {**entry.kwargs, **kwargs}
         model = entry.build(**kwargs)
         if weights:
             load_into(model, load_state_dict_file(weights, entry.meta.get("weights_key")), source=str(weights))
@@ -175,7 +178,8 @@ class TaskPipeline:
         """Run the model on a list of preprocessed inputs; return one output per input."""
         raise NotImplementedError
 
-    def postprocess(self, output, item) -> Any:
+    def postprocess(self, output, item, inputs: dict) -> Any:
+        """Model output -> the task's result; `item` is what `load` gave, `inputs` what `preprocess` made."""
         return output
 
     def output_path(self, relative: Path) -> Path:
@@ -252,7 +256,7 @@ class TaskPipeline:
         results: dict[int, Any] = {}
         for batch in self._prepared_stream(sources, batch_size, num_workers, progress, self.task):
             for prepared, out in self._forward_prepared(batch, failures, sources):
-                results[prepared.key] = self.postprocess(out, prepared.item)
+                results[prepared.key] = self.postprocess(out, prepared.item, prepared.inputs)
         if failures:
             raise InputError("\n".join(f"{f.input}: {f.error}" for f in failures))
         return [results[i] for i in range(len(sources))]
@@ -278,7 +282,7 @@ class TaskPipeline:
                 source, target = pending[prepared.key]
                 stage = "postprocess"
                 try:
-                    result = self.postprocess(out, prepared.item)
+                    result = self.postprocess(out, prepared.item, prepared.inputs)
                     stage = "save"
                     report.written += [str(p) for p in self.save(result, target, overwrite)]
                 except Exception as err:
@@ -324,4 +328,8 @@ class TaskPipeline:
     def write_artifacts(self, run_dir: Path, splits: dict, recipe) -> list[Path]:
         """Task plots and sample outputs for the run folder."""
         return []
+
+    def export_state(self) -> dict:
+        """JSON-able state that inference needs beside the weights (e.g. a scaler); see mtp.weights.export."""
+        return {}
 

@@ -3,6 +3,7 @@ nesting (`params_ema`, `params`, `state_dict`, `model`, a `module.` prefix) and 
 readable report of what did not match."""
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ class WeightsError(ValueError):
 
 def resolve(spec: str | Path, sha256: str | None = None) -> Path:
     """A local path as it is, or an http(s) URL downloaded once to the weights cache."""
-    text = str(spec)
+    text = os.path.expandvars(str(spec))
     if text.startswith(("http://", "https://")):
         return fetch(text, "weights", sha256=sha256)
     path = Path(text).expanduser()
@@ -127,6 +128,36 @@ def load_into(model, state_dict, strict: bool = True, source: str = "checkpoint"
               and k not in {m[0] for m in report.mismatched}}
     model.load_state_dict(usable, strict=False)
     return report
+
+
+def export(pipe, path: Path) -> Path:
+    """Save a trained pipeline's model as `path` (.safetensors) plus `path.json`: what rebuilds it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from mtp.files import atomic_path, write_text_atomic
+
+    state = {k: v.detach().contiguous().cpu() for k, v in pipe.model.state_dict().items()}
+    with atomic_path(path, overwrite=True) as tmp:
+        save_file(state, str(tmp))
+    sidecar = {"task": pipe.task, "backbone": pipe.backbone_name, "kwargs": pipe.model_kwargs,
+               "options": pipe.config, "state": pipe.export_state()}
+    write_text_atomic(path.with_suffix(".json"), json.dumps(sidecar, indent=2, default=str))
+    return path
+
+
+def read_export(weights) -> dict | None:
+    """The sidecar `<weights>.json` that `export` wrote (backbone, kwargs, options, state), if any."""
+    import json
+
+    sidecar = Path(os.path.expandvars(str(weights))).with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        return json.loads(sidecar.read_text())
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{sidecar}: not valid JSON ({err})") from err
 
 
 def describe(path: str | Path) -> dict:

@@ -28,7 +28,9 @@ else
   "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
 fi
 export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
+# Real data and official weights sit in ../shared beside the clone (see README, "Data and weights").
 export MTP_DATA_DIR="${MTP_DATA_DIR:-$(cd "$root/.." && pwd)/shared/data}"
+export MTP_WEIGHTS_DIR="${MTP_WEIGHTS_DIR:-$(cd "$root/.." && pwd)/shared/weights}"
 
 case "${1:-test}" in
   test) shift || true; exec python -m pytest -q "$@" ;;

@@ -94,7 +94,7 @@ BIAS_SHAPES = {"full": lambda z, h, lq, lk: (z, h, lq, lk), "per_head": lambda z
 @pytest.mark.parametrize("lq, lk, head_dim, causal, bias_kind, dtype", DENSE_CASES)
 def test_interpreted_flash_attention_matches_reference(interpreted, lq, lk, head_dim, causal, bias_kind, dtype):
     gen = torch.Generator().manual_seed(lq * 1000 + head_dim)
-    z, h = 2, 2
+    z, h = 2, 1 if bias_kind == "per_batch_keys" else 2
     q = torch.randn(z, h, lq, head_dim, generator=gen)
     k, v = (torch.randn(z, h, lk, head_dim, generator=gen) for _ in range(2))
     bias = torch.randn(BIAS_SHAPES[bias_kind](z, h, lq, lk), generator=gen) if bias_kind else None
@@ -131,17 +131,19 @@ def test_interpreted_flash_attention_bfloat16(interpreted):
                                rtol=5e-2, atol=5e-2)
 
 
-@pytest.mark.parametrize("mask_form", ["none", "stored", "regions"])
+@pytest.mark.parametrize("mask_form", ["stored", "regions"])
 def test_interpreted_window_attention_matches_reference(interpreted, mask_form):
-    # HAT-tiny geometry: 8x8 windows on a 16x24 map (6 windows) for 2 images, 2 heads, head dim 12
-    ws, height, width, heads = 8, 16, 24, 2
+    # 6x6 windows (36 tokens: three 16-token tiles) on a 12x6 map: two windows whose shift masks differ,
+    # for two images, so the kernel must find each window's mask as batch index % windows
+    ws, height, width, heads = 6, 12, 6, 2
     n_windows = (height // ws) * (width // ws)
     gen = torch.Generator().manual_seed(7)
     q, k, v = (torch.randn(2 * n_windows, heads, ws * ws, 12, generator=gen) for _ in range(3))
     table = torch.randn((2 * ws - 1) ** 2, heads, generator=gen)
     index = relative_position_index(ws)
-    shift_mask = {"none": None, "stored": shifted_window_mask(height, width, ws, ws // 2),
+    shift_mask = {"stored": shifted_window_mask(height, width, ws, ws // 2),
                   "regions": shifted_window_region_ids(height, width, ws, ws // 2)}[mask_form]
+    assert not torch.equal(shift_mask[0], shift_mask[1])
     fast_in, ref_in = _leaves(q, k, v, table), _leaves(q, k, v, table, dtype=torch.float64)
     regions = shift_mask if mask_form == "regions" else None
     stored = shift_mask if mask_form == "stored" else None
@@ -151,9 +153,9 @@ def test_interpreted_window_attention_matches_reference(interpreted, mask_form):
 
 
 def test_interpreted_ocab_attention_with_negative_index_entries(interpreted):
-    # OCAB geometry of HAT-tiny: 64 queries per window against a 12x12 overlapping window; the official
-    # index has negative entries, which index the table from its end
-    ws, ows, heads = 8, 12, 2
+    # OCAB geometry (overlap ratio 0.5): 16 queries per window against a 6x6 overlapping window; the
+    # official index has negative entries, which index the table from its end
+    ws, ows, heads = 4, 6, 2
     index = overlapping_relative_position_index(ws, ows)
     assert index.min() < 0
     gen = torch.Generator().manual_seed(8)
@@ -180,6 +182,36 @@ def test_interpreted_varlen_attention_matches_per_sequence_reference(interpreted
     ref = varlen_attention_reference(*ref_in, cu_q, cu_k, max(lengths_q), max(lengths_k), causal=causal)
     _check(fast, ref, fast_in, ref_in, torch.randn(ref.shape, generator=gen),
            tol=2e-4 if dtype == torch.float32 else 2e-2)
+
+
+# ---------------------------------------------------------------- compiled kernels
+
+def test_triton_kernels_compile_for_hopper():
+    """Build the three kernels for sm_90 without a GPU (Triton front end, LLVM and the bundled ptxas), with
+    every score modifier switched on at once so each constexpr branch is compiled."""
+    if INTERPRETING:
+        pytest.skip("compiles kernels, which the interpreter process cannot")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile as triton_compile
+
+    import mtp.kernels.triton_attention as kernels
+
+    pointer_types = {"Lse": "*fp32", "Delta": "*fp32", "DBias": "*fp32", "Table": "*fp32", "Bias": "*bf16",
+                     "Index": "*i32", "Shift": "*i32", "CuQ": "*i32", "CuK": "*i32"}
+    flags = dict(BIAS_MODE=kernels.BIAS_DENSE, SHIFT_MODE=kernels.SHIFT_REGIONS, CAUSAL=True, VARLEN=True,
+                 BIAS_GRAD=True, PRECISION="tf32", BLOCK_M=64, BLOCK_N=64, BLOCK_D=64)
+    for kernel in (kernels._fwd_kernel, kernels._bwd_dkdv_kernel, kernels._bwd_dq_kernel):
+        signature, constants = {}, {}
+        for position, name in enumerate(kernel.arg_names):
+            if position in kernel.constexprs:
+                signature[name], constants[name] = "constexpr", flags[name]
+            elif name[0].isupper():
+                signature[name] = pointer_types.get(name, "*bf16")
+            else:
+                signature[name] = "fp32" if name.endswith("scale") else "i32"
+        compiled = triton_compile(ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                                  options=dict(num_warps=4, num_stages=2))
+        assert len(compiled.asm["cubin"]) > 0 and "mma" in compiled.asm["ptx"]
 
 
 # ---------------------------------------------------------------- compiled kernels through the dispatch

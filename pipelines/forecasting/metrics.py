@@ -4,9 +4,12 @@ thuml convention: `mse`/`mae` are means over every element (batch x horizon x ch
 z-scored scale. The original-unit metrics (`mae`, `rmse`, `mape`, `mase`) take inverse-transformed
 values. All sums are done in float64.
 
-MAPE skips elements whose true value is 0 (their percentage error is undefined) and divides by the
-number of elements kept; `zero_eps` > 0 instead treats |true| <= zero_eps as zero. It returns a
-fraction (0.1 = 10 %), like thuml's `MAPE`.
+MAPE skips elements whose true value is zero (their percentage error is undefined; thuml's `MAPE`
+does not guard and returns inf) and divides by the number of elements kept. "Zero" means
+|true| <= zero_eps (default 1e-6; a float or one value per channel): values that went through
+float32 scaling and back carry a round-off of about 1e-7 x the channel's std, so exact zeros of the
+CSV no longer compare equal to 0. Raise zero_eps for channels with a large std. MAPE is a fraction
+(0.1 = 10 %).
 
 MASE scales the MAE by the in-sample seasonal-naive MAE of the training series,
 mean |train[t] - train[t - season]| per channel (Hyndman & Koehler, 2006), so every channel is measured
@@ -47,7 +50,7 @@ def rmse(pred, true) -> float:
     return float(np.sqrt(mse(pred, true)))
 
 
-def mape(pred, true, zero_eps: float = 0.0) -> float:
+def mape(pred, true, zero_eps=1e-6) -> float:
     """Mean |pred - true| / |true| over elements with |true| > zero_eps (fraction, not percent)."""
     pred, true = _pair(pred, true)
     keep = np.abs(true) > zero_eps
@@ -89,7 +92,7 @@ class ForecastMetrics:
     and `season` enable MASE. Inputs are [..., N] with channels last.
     """
 
-    def __init__(self, inverse=None, train=None, season: int = 1, zero_eps: float = 0.0):
+    def __init__(self, inverse=None, train=None, season: int = 1, zero_eps=1e-6):
         self.inverse, self.zero_eps = inverse, zero_eps
         self.naive_scale = None if train is None else seasonal_naive_scale(train, season)
         self.reset()

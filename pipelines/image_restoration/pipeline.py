@@ -37,8 +37,8 @@ def _bytes_per_input_pixel(model) -> float:
     Calibrated with benchmarks/sr_bench.py (peak RSS on tiles of several sizes) for the shipped models.
     """
     if hasattr(model, "window_size"):  # HAT: features of every block plus one window's attention scores
-        heads = model.layers[0].residual_group.blocks[0].attn.num_heads
-        return 4.0 * (model.embed_dim * 48 + heads * model.window_size ** 2 * 3)
+        heads = max(m.num_heads for m in model.modules() if isinstance(getattr(m, "num_heads", None), int))
+        return 4.0 * (model.conv_first.out_channels * 48 + heads * model.window_size ** 2 * 3)
     return 4.0 * 64 * 24  # IMDN-sized CNNs
 
 
@@ -66,9 +66,10 @@ class ImageRestorationPipeline(TaskPipeline):
             raise ValueError(f"{self.task}: scale {scale!r} is not supported; expected one of {self.scales}")
         if not weights:
             entry = self.backbone_entry(backbone)
-            model = entry.build(upscale=scale or self.scales[-1 if self.task == "super_resolution" else 0], **kwargs)
+            upscale = scale or self.scales[-1]
+            self.model_kwargs = {**entry.kwargs, "upscale": upscale, **kwargs}
             self.arch = None
-            return model
+            return entry.build(upscale=upscale, **kwargs)
         source = str(weights)
         state = load_state_dict_file(weights)
         try:
@@ -88,7 +89,7 @@ class ImageRestorationPipeline(TaskPipeline):
             raise WeightsError(f"{source} is a x{arch.scale} model; {self.task} needs scale {self.scales}")
         model = sr_detect.build(arch)
         load_into(model, state, source=source)
-        self.arch = arch
+        self.arch, self.model_kwargs = arch, dict(arch.kwargs)
         return model
 
     @property
@@ -148,7 +149,7 @@ class ImageRestorationPipeline(TaskPipeline):
     def forward(self, inputs: list[dict]) -> list:
         return [self.restore(x["lq"]) for x in inputs]
 
-    def postprocess(self, output: torch.Tensor, item) -> dict:
+    def postprocess(self, output: torch.Tensor, item, inputs: dict) -> dict:
         rgb = output[0].permute(1, 2, 0).cpu().numpy()
         alpha = item.alpha
         if alpha is not None and alpha.shape != rgb.shape[:2]:
@@ -209,20 +210,14 @@ class ImageRestorationPipeline(TaskPipeline):
     # ------------------------------------------------------------------ training from a recipe
     @classmethod
     def from_recipe(cls, recipe):
-        device = "cpu" if recipe.train is None or recipe.train.accelerator == "cpu" else "auto"
-        return cls(backbone=recipe.backbone.name, weights=recipe.backbone.weights, device=device,
-                   model=cls._recipe_model(recipe), **recipe.options)
-
-    @classmethod
-    def _recipe_model(cls, recipe):
-        if recipe.backbone.weights:
-            return None
         from mtp.registry import BACKBONES
 
-        entry = BACKBONES.get(recipe.backbone.name or cls.default_backbone)
-        check_kwargs(entry.load(), recipe.backbone.kwargs, "backbone.kwargs", recipe.output.name or "recipe")
-        scale = recipe.options.get("scale") or cls.scales[0]
-        return entry.build(upscale=scale, **recipe.backbone.kwargs)
+        if recipe.backbone.kwargs:
+            check_kwargs(BACKBONES.get(recipe.backbone.name or cls.default_backbone).load(), recipe.backbone.kwargs,
+                         "backbone.kwargs", recipe.output.name or "recipe")
+        device = "cpu" if recipe.train is None or recipe.train.accelerator == "cpu" else "auto"
+        return cls(backbone=recipe.backbone.name, weights=recipe.backbone.weights, device=device,
+                   backbone_kwargs=recipe.backbone.kwargs, **recipe.options)
 
     def datasets(self, recipe) -> dict:
         splits = {}
@@ -240,15 +235,12 @@ class ImageRestorationPipeline(TaskPipeline):
             kwargs = dict(source.kwargs)
             check_kwargs(builder.load(), kwargs, f"data.splits.{split}.kwargs")
             kwargs.setdefault("scale", self.scale)
-            splits[split] = builder.build(resolve_data_path(source.root), **kwargs)
+            splits[split] = builder.load()(resolve_data_path(source.root), **{**builder.kwargs, **kwargs})
         return splits
 
     def training_loss(self, batch):
-        return F.l1_loss(self.model(batch["lq"]), batch["gt"])
-
-    def validation_loss(self, batch):
-        lq = batch["lq"]
-        out = tiled_forward(self.model, lq, self.scale, size_multiple=self.size_multiple)
+        # Padding to the window multiple (then cropping) lets any patch size train, as at inference.
+        out = tiled_forward(self.model, batch["lq"], self.scale, size_multiple=self.size_multiple)
         return F.l1_loss(out, batch["gt"])
 
     def evaluate_split(self, dataset, recipe) -> dict:
