@@ -52,7 +52,7 @@ def _modified_scores(q, kt, offs_m, offs_n, seqlen_q, seqlen_k, z, h, qk_scale,
         region_base = Shift + (z % n_windows) * stride_sw
         region_m = tl.load(region_base + offs_m, mask=offs_m < seqlen_q, other=0)
         region_n = tl.load(region_base + offs_n, mask=offs_n < seqlen_k, other=0)
-        s += tl.where(region_m[:, None] != region_n[None, :], -50.0 * 1.4426950408889634, 0.0)
+        s += tl.where(region_m[:, None] != region_n[None, :], -100.0 * 1.4426950408889634, 0.0)
     if SHIFT_MODE == 2:
         shift = tl.load(Shift + (z % n_windows) * stride_sw + offs_m[:, None] * stride_sm + offs_n[None, :] * stride_sn,
                         mask=valid, other=0.0)
@@ -180,9 +180,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, Lse, Delta, DK, DV, DBias, CuQ, CuK,
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < seqlen_q
-        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
-                     other=0.0)
+        q_mask = row_ok[:, None] & d_ok[None, :]
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=q_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :], mask=q_mask, other=0.0)
         lse = tl.load(Lse + row_base + offs_m * stride_lm, mask=row_ok, other=float("inf"))
         delta = tl.load(Delta + row_base + offs_m * stride_lm, mask=row_ok, other=0.0)
         s = _modified_scores(q, kt, offs_m, offs_n, seqlen_q, seqlen_k, z, h, qk_scale,

@@ -22,10 +22,12 @@ def _check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k):
     if q.shape[1:] != k.shape[1:] or k.shape[:2] != v.shape[:2]:
         raise ValueError(f"varlen_attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} disagree "
                          "(need the same heads, q/k of one head dim, k/v of one length)")
-    for name, cu, total in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]), ("cu_seqlens_k", cu_seqlens_k, k.shape[0])):
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if cu.dim() != 1 or cu.numel() < 2 or cu.is_floating_point():
             raise ValueError(f"varlen_attention: {name} must be a 1-D integer tensor [batch + 1], got "
                              f"{cu.dtype} {tuple(cu.shape)}")
+        if cu.device != q.device:
+            raise ValueError(f"varlen_attention: {name} is on {cu.device}, q on {q.device}")
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(f"varlen_attention: cu_seqlens_q has {cu_seqlens_q.numel() - 1} sequences, cu_seqlens_k "
                          f"{cu_seqlens_k.numel() - 1}")
@@ -87,17 +89,23 @@ def _grouped_sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
         seqs = ((lengths[:, 0] == lq) & (lengths[:, 1] == lk)).nonzero().squeeze(1)
         rows_q = (bounds_q[seqs][:, None] + torch.arange(lq)).reshape(-1).to(q.device)
         rows_k = (bounds_k[seqs][:, None] + torch.arange(lk)).reshape(-1).to(q.device)
-
-        def gather(x, idx, length):
-            return x[idx].view(len(seqs), length, heads, x.shape[-1]).transpose(1, 2)
-
+        rows.append(rows_q)
+        if lk == 0:  # nothing to attend to: zero output, as on the other paths
+            pieces.append(q.new_zeros(len(rows_q), heads, v.shape[-1]))
+            continue
         native_causal = causal and lq == lk
         mask = causal_keep(lq, lk, q.device) if causal and not native_causal else None
-        out = F.scaled_dot_product_attention(gather(q, rows_q, lq), gather(k, rows_k, lk), gather(v, rows_k, lk),
-                                             attn_mask=mask, is_causal=native_causal, scale=scale)
+        count = len(seqs)
+        out = F.scaled_dot_product_attention(_batched(q, rows_q, count), _batched(k, rows_k, count),
+                                             _batched(v, rows_k, count), attn_mask=mask, is_causal=native_causal,
+                                             scale=scale)
         pieces.append(out.transpose(1, 2).reshape(-1, heads, v.shape[-1]))
-        rows.append(rows_q)
     if not pieces:
         return q.new_zeros(0, heads, v.shape[-1])
     # groups come out in length order; one gather puts the rows back in packed order
     return torch.cat(pieces)[torch.argsort(torch.cat(rows))]
+
+
+def _batched(x: torch.Tensor, rows: torch.Tensor, count: int) -> torch.Tensor:
+    """Packed rows of `count` equally long sequences -> [count, heads, length, D]."""
+    return x[rows].view(count, -1, *x.shape[1:]).transpose(1, 2)

@@ -93,6 +93,9 @@ def _check_inputs(q, k, v, bias_table, bias_index, shift_mask):
     if tuple(bias_index.shape) != (nq, nk) or bias_index.is_floating_point():
         raise ValueError(f"window_attention: bias_index must be an integer [{nq}, {nk}] tensor, got "
                          f"{bias_index.dtype} {tuple(bias_index.shape)}")
+    for name, extra in (("bias_table", bias_table), ("bias_index", bias_index), ("shift_mask", shift_mask)):
+        if extra is not None and extra.device != q.device:
+            raise ValueError(f"window_attention: {name} is on {extra.device}, q on {q.device}")
     entries = bias_table.shape[0]
     low, high = int(bias_index.min()), int(bias_index.max())
     if low < -entries or high >= entries:
@@ -149,7 +152,56 @@ def window_attention(q, k, v, bias_table, bias_index, *, shift_mask=None, scale=
         return flash_window_attention(q, k, v, bias_table, index, shift_regions=regions, shift_mask=stored,
                                       scale=scale)
     log.debug("window_attention: sdpa q%s k%s shift=%s", tuple(q.shape), tuple(k.shape), shift_mask is not None)
-    return _window_attention_sdpa(q, k, v, bias_table, bias_index, shift_mask, scale)
+    return _WindowAttentionSDPA.apply(q, k, v, bias_table, bias_index, shift_mask, scale)
+
+
+class _WindowAttentionSDPA(torch.autograd.Function):
+    """Forward through SDPA's fused kernel; backward recomputes the scores a chunk of windows at a time.
+
+    Autograd through SDPA would fall back to its math kernel as soon as the bias table needs a gradient,
+    keeping [B*nW, heads, Nq, Nk] tensors alive; here no step holds more than CHUNK_BYTES of scores.
+    """
+    CHUNK_BYTES = 16 << 20
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias_table, bias_index, shift_mask, scale):
+        out = _window_attention_sdpa(q, k, v, bias_table, bias_index, shift_mask, scale)
+        ctx.save_for_backward(q, k, v, out, bias_table, bias_index, shift_mask)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, bias_table, bias_index, shift_mask = ctx.saved_tensors
+        scale = ctx.scale
+        windows, heads, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+        bias = _bias(bias_table, bias_index, q.dtype)
+        masks = None
+        if shift_mask is not None:
+            masks = shift_mask.to(q.dtype) if shift_mask.is_floating_point() else region_mask(shift_mask, q.dtype)
+        delta = (grad_out * out).sum(-1, keepdim=True)  # rowsum(dO * O) = rowsum(P * dP)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dbias = torch.zeros(heads, nq, nk, dtype=torch.float32, device=q.device)
+        step = max(1, _WindowAttentionSDPA.CHUNK_BYTES // (heads * nq * nk * q.element_size()))
+        for start in range(0, windows, step):
+            part = slice(start, start + step)
+            scores = (q[part] * scale) @ k[part].transpose(-2, -1) + bias
+            if masks is not None:
+                window_ids = torch.arange(start, min(start + step, windows), device=q.device) % masks.shape[0]
+                scores += masks[window_ids].unsqueeze(1)
+            probs = scores.softmax(dim=-1)
+            dv[part] = probs.transpose(-2, -1) @ grad_out[part]
+            dscores = probs.mul_((grad_out[part] @ v[part].transpose(-2, -1)).sub_(delta[part]))
+            dq[part] = (dscores @ k[part]).mul_(scale)
+            dk[part] = (dscores.transpose(-2, -1) @ q[part]).mul_(scale)
+            dbias += dscores.sum(0)
+        dtable = None
+        if ctx.needs_input_grad[3]:
+            rows = torch.remainder(bias_index, bias_table.shape[0]).reshape(-1)
+            per_entry = dbias.permute(1, 2, 0).reshape(-1, heads)
+            dtable = torch.zeros(bias_table.shape, dtype=torch.float32, device=q.device).index_add_(0, rows, per_entry)
+            dtable = dtable.to(bias_table.dtype)
+        return dq, dk, dv, dtable, None, None, None
 
 
 def _window_attention_sdpa(q, k, v, bias_table, bias_index, shift_mask, scale):
@@ -177,8 +229,7 @@ def _window_attention_sdpa(q, k, v, bias_table, bias_index, shift_mask, scale):
 
 
 def _recompute_windows(out, q, k, v, windows, n_windows, mask, scale):
-    """Redo attention of `windows` (per image) with `mask` [1 or len(windows), heads, Nq, Nk]; out of place so
-    autograd keeps the first SDPA's output intact."""
+    """Redo attention of `windows` (per image) with `mask` [1 or len(windows), heads, Nq, Nk]."""
     batch, heads = q.shape[0] // n_windows, q.shape[1]
 
     def pick(x):
@@ -190,6 +241,7 @@ def _recompute_windows(out, q, k, v, windows, n_windows, mask, scale):
     else:  # a mask per window: windows join the head dim so one mask tensor broadcasts over the batch
         redone = F.scaled_dot_product_attention(pick(q).flatten(1, 2), pick(k).flatten(1, 2), pick(v).flatten(1, 2),
                                                 attn_mask=mask.flatten(0, 1).unsqueeze(0), scale=scale)
-    redone = redone.reshape(batch, len(windows), heads, *out.shape[2:])
-    per_image = out.view(batch, n_windows, *out.shape[1:]).index_copy(1, windows, redone)
-    return per_image.view(out.shape)
+    # in place: this runs inside _WindowAttentionSDPA.forward, where autograd records nothing
+    out.view(batch, n_windows, *out.shape[1:]).index_copy_(1, windows, redone.view(batch, len(windows), heads,
+                                                                                   *out.shape[2:]))
+    return out

@@ -29,17 +29,24 @@ log = logging.getLogger("mtp.engine")
 
 
 class EpochShuffleSampler(Sampler):
-    """A random permutation that depends only on (seed, epoch): resuming replays the same order."""
+    """A random permutation that depends only on (seed, epoch): resuming replays the same order.
 
-    def __init__(self, length: int, seed: int):
-        self.length, self.seed, self.epoch = length, seed, 0
+    `on_epoch` (the dataset's `set_epoch`) is told the epoch too, so random crops change every epoch.
+    """
+
+    def __init__(self, length: int, seed: int, on_epoch=None):
+        self.length, self.seed, self.epoch, self.on_epoch = length, seed, 0, on_epoch
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning at each epoch start
         self.epoch = epoch
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
 
     def __iter__(self):
+        # A generator: the order is drawn at the first batch, after Lightning's set_epoch (which, on a
+        # resumed run, comes after the loader's iterator is made).
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator).tolist())
+        yield from torch.randperm(self.length, generator=generator).tolist()
 
     def __len__(self):
         return self.length
@@ -53,9 +60,12 @@ def make_loader(dataset, batch_size: int, shuffle: bool, seed: int = 0, num_work
                 drop_last: bool = False) -> DataLoader:
     # Datasets that gather whole batches at once (`__getitems__`) return them ready: no collation needed.
     collate = _identity if hasattr(dataset, "__getitems__") else getattr(dataset, "collate", None)
-    sampler = EpochShuffleSampler(len(dataset), seed) if shuffle else None
+    set_epoch = getattr(dataset, "set_epoch", None)
+    sampler = EpochShuffleSampler(len(dataset), seed, set_epoch) if shuffle else None
+    # Persistent workers keep their first copy of the dataset and would never see a new epoch.
+    persistent = num_workers > 0 and not (shuffle and set_epoch)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
-                      num_workers=num_workers, collate_fn=collate, persistent_workers=num_workers > 0)
+                      num_workers=num_workers, collate_fn=collate, persistent_workers=persistent)
 
 
 class TaskModule(L.LightningModule):
@@ -84,6 +94,9 @@ def _optimizer_and_schedule(params, train: TrainConfig, steps_per_epoch: int):
     if train.optimizer not in kinds:
         raise ValueError(f"train.optimizer: unknown {train.optimizer!r}; valid: {', '.join(kinds)}")
     extra = {"betas": tuple(train.betas)} if train.optimizer != "sgd" else {"momentum": 0.9}
+    params = list(params)
+    if train.optimizer != "sgd" and all(p.dtype.is_floating_point for p in params):
+        extra["fused"] = True  # one kernel for all tensors: the per-tensor loop dominates small models' steps
     optimizer = kinds[train.optimizer](params, lr=train.lr, weight_decay=train.weight_decay, **extra)
     by_step = train.max_steps > 0
     if train.scheduler == "none":
@@ -108,8 +121,13 @@ class ReseedEachEpoch(L.Callback):
     def __init__(self, seed: int):
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer, module):
-        L.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        # At the epoch's first batch rather than at epoch start: between the two, a fresh run draws from
+        # the global RNG (loader set-up) where a resumed one does not. The epoch counter is the one
+        # Lightning gives samplers' set_epoch.
+        if batch_idx == 0:
+            L.seed_everything(self.seed + trainer.fit_loop.epoch_progress.current.processed, workers=True,
+                              verbose=False)
 
 
 class EMA(L.Callback):
@@ -150,7 +168,8 @@ class EMA(L.Callback):
 def _callbacks(train: TrainConfig, ckpt_dir: Path, has_val: bool) -> list:
     callbacks = [ReseedEachEpoch(train.seed)]
     every = {"every_n_train_steps": train.checkpoint_every_steps} if train.checkpoint_every_steps else {}
-    callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **every))
+    # Without a monitor and with save_top_k=1, this rewrites last.ckpt at every epoch (or N steps).
+    callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False, **every))
     if has_val:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
                                          save_top_k=1, enable_version_counter=False))
@@ -173,47 +192,45 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress:
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
         raise FileExistsError(f"run folder {run_dir} already exists: pass --resume to continue it, --overwrite "
                               f"to start again, or output.name=... for a new folder")
+    started = time.perf_counter()
+    train = recipe.train
+    if train and train.threads:
+        torch.set_num_threads(train.threads)
+    L.seed_everything(train.seed if train else 0, workers=True, verbose=False)
+    # Model and data first: a bad recipe fails before anything is written.
+    pipe = TASKS.get(recipe.task).load().from_recipe(recipe)
+    splits = pipe.datasets(recipe)
+    split = recipe.eval.split
+    if split not in splits:
+        raise ValueError(f"eval.split: {split!r} is not a split of this data; valid: {', '.join(splits)}")
     if overwrite and not resume and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _log_to_file(run_dir / "run.log"):
         if resume and not last.exists():
             log.warning("--resume: no %s yet, starting from the beginning", last)
-        return _run(recipe, run_dir, last if resume and last.exists() else None, progress)
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        fit_seconds = 0.0
+        if train:
+            fit_started = time.perf_counter()
+            _fit(pipe, recipe, splits, run_dir / "checkpoints", last if resume and last.exists() else None,
+                 progress)
+            fit_seconds = time.perf_counter() - fit_started
+            from mtp.weights import export
 
-
-def _run(recipe: Recipe, run_dir: Path, resume_from: Path | None, progress: bool) -> dict:
-    started = time.perf_counter()
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    train = recipe.train
-    if train and train.threads:
-        torch.set_num_threads(train.threads)
-    L.seed_everything(train.seed if train else 0, workers=True, verbose=False)
-    pipe = TASKS.get(recipe.task).load().from_recipe(recipe)
-    splits = pipe.datasets(recipe)
-    split = recipe.eval.split
-    if split not in splits:
-        raise ValueError(f"eval.split: {split!r} is not a split of this data; valid: {', '.join(splits)}")
-    fit_seconds = 0.0
-    if train:
-        fit_started = time.perf_counter()
-        _fit(pipe, recipe, splits, run_dir / "checkpoints", resume_from, progress)
-        fit_seconds = time.perf_counter() - fit_started
-    pipe.model.eval()
-    if train:
-        from mtp.weights import export
-
-        export(pipe, run_dir / "model.safetensors")
-    eval_started = time.perf_counter()
-    with torch.no_grad():
-        metrics = pipe.evaluate_split(splits[split], recipe)
-    result = {"task": recipe.task, "recipe": recipe.output.name, "split": split, "metrics": metrics,
-              "fit_seconds": round(fit_seconds, 2), "eval_seconds": round(time.perf_counter() - eval_started, 2),
-              "total_seconds": round(time.perf_counter() - started, 2)}
-    if recipe.output.plots:
-        result["artifacts"] = [str(p) for p in pipe.write_artifacts(run_dir, splits, recipe)]
-    write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2))
-    log.info("metrics: %s", json.dumps(metrics))
+            export(pipe, run_dir / "model.safetensors")
+        pipe.model.eval()
+        eval_started = time.perf_counter()
+        with torch.no_grad():
+            metrics = pipe.evaluate_split(splits[split], recipe)
+        result = {"task": recipe.task, "recipe": recipe.output.name, "split": split, "metrics": metrics,
+                  "fit_seconds": round(fit_seconds, 2),
+                  "eval_seconds": round(time.perf_counter() - eval_started, 2),
+                  "total_seconds": round(time.perf_counter() - started, 2)}
+        if recipe.output.plots:
+            result["artifacts"] = [str(p) for p in pipe.write_artifacts(run_dir, splits, recipe)]
+        write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2))
+        log.info("metrics: %s", json.dumps(metrics))
     return result
 
 
@@ -235,7 +252,8 @@ def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path |
         accelerator=train.accelerator, devices=train.devices, strategy=train.strategy,
         num_nodes=train.num_nodes, precision=train.precision, gradient_clip_val=train.grad_clip,
         callbacks=_callbacks(train, ckpt_dir, val_loader is not None),
-        logger=CSVLogger(ckpt_dir.parent, name="", version="logs"), default_root_dir=ckpt_dir.parent,
+        logger=CSVLogger(ckpt_dir.parent, name="", version=_log_version(ckpt_dir.parent, resume_from)),
+        default_root_dir=ckpt_dir.parent,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=1.0 if val_loader is not None else 0, **val_every)
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
@@ -247,6 +265,16 @@ def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path |
         k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
     pipe.model.load_state_dict(weights)
     log.info("evaluating weights from %s%s", chosen, " (EMA)" if ema else "")
+
+
+def _log_version(run_dir: Path, resume_from) -> str:
+    """logs/ for a fresh run; logs_resume1/, logs_resume2/ ... for each resume, so no history is lost."""
+    if resume_from is None:
+        return "logs"
+    n = 1
+    while (run_dir / f"logs_resume{n}").exists():
+        n += 1
+    return f"logs_resume{n}"
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import mtp.kernels.window as window_module
 from mtp.kernels import (
     attention,
     attention_reference,
@@ -232,7 +233,9 @@ def test_shifted_window_mask_matches_swin_region_slices():
 
 
 @pytest.mark.parametrize("mask_form", ["none", "stored", "regions"])
-def test_window_attention_matches_naive_hat(fixtures_dir, mask_form):
+def test_window_attention_matches_naive_hat(fixtures_dir, mask_form, monkeypatch):
+    # backward chunks of 3 windows: chunk edges fall inside an image's 25 windows
+    monkeypatch.setattr(window_module._WindowAttentionSDPA, "CHUNK_BYTES", 3 * 2 * 64 * 64 * 4)
     sd, features = _hat_features(fixtures_dir)
     shift = 0 if mask_form == "none" else HAT_SHIFT
     (q, k, v), table = _hat_window_qkv(sd, features, block=0 if shift == 0 else 1, shift=shift)
@@ -255,6 +258,27 @@ def test_window_attention_matches_naive_hat(fixtures_dir, mask_form):
     fast.backward(grad)
     ref.backward(grad)
     _assert_same_grads(fast_in, ref_in, atol=1e-4)
+
+
+def test_window_attention_shift_fill_is_hats_minus_100():
+    # every query scores exactly 100 on the keys of its window's first region and 0 elsewhere: masked keys
+    # then tie with unmasked ones only with HAT's -100 fill (-inf or another constant changes the output)
+    regions = shifted_window_region_ids(8, 8, 4, 2)
+    hits = (regions == regions[:, :1]).float()
+    magnitude = (100.0 * 16 ** 0.5) ** 0.5
+    q = torch.zeros(4, 1, 16, 16)
+    q[..., 0] = magnitude
+    k = torch.zeros(4, 1, 16, 16)
+    k[..., 0] = magnitude * hits[:, None, :]
+    v = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(9))
+    table, index = torch.zeros(49, 1), relative_position_index(4)
+    stored = shifted_window_mask(8, 8, 4, 2)
+    expected = _naive_window_attention(q, k, v, table, index, stored, 16 ** -0.5)
+    masked_keys_ignored = _naive_window_attention(q, k, v, table, index, stored * 1e6, 16 ** -0.5)
+    assert (expected - masked_keys_ignored).abs().max() > 0.1  # the case really is sensitive to the fill
+    for shift_mask in (regions, stored):
+        torch.testing.assert_close(window_attention(q, k, v, table, index, shift_mask=shift_mask).double(), expected,
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_window_attention_ocab_matches_naive_hat(fixtures_dir):
@@ -327,6 +351,16 @@ def test_varlen_attention_matches_per_sequence_reference(data_dir, causal):
     fast.backward(grad)
     ref.backward(grad)
     _assert_same_grads(fast_in, ref_in)
+
+
+def test_varlen_attention_sequence_without_keys_gives_zeros():
+    gen = torch.Generator().manual_seed(4)
+    q, k = torch.randn(7, 2, 16, generator=gen), torch.randn(4, 2, 16, generator=gen)
+    cu_q, cu_k = torch.tensor([0, 3, 7]), torch.tensor([0, 0, 4])
+    for causal in (False, True):
+        out = varlen_attention(q, k, k, cu_q, cu_k, 4, 4, causal=causal)
+        assert out[:3].abs().max() == 0
+        torch.testing.assert_close(out, varlen_attention_reference(q, k, k, cu_q, cu_k, 4, 4, causal=causal))
 
 
 def test_varlen_attention_rejects_bad_offsets():

@@ -9,7 +9,6 @@ when the file is collected without the variable. The CUDA tests at the end use t
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -38,8 +37,8 @@ def test_triton_kernels_under_interpreter():
     if INTERPRETING:
         pytest.skip("this is the interpreter subprocess itself")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-k", "interpreted", "-p", "no:cacheprovider"],
-                         env=env, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "-m", "pytest", __file__, "-q", "-k", "interpreted", "-p", "no:cacheprovider"]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     report = run.stdout[-8000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
     assert " passed" in report and " skipped" not in report, report
@@ -152,6 +151,29 @@ def test_interpreted_window_attention_matches_reference(interpreted, mask_form):
     _check(fast, ref, fast_in, ref_in, torch.randn(ref.shape, generator=gen), tol=2e-4)
 
 
+def _fill_sensitive_windows(head_dim=16):
+    """Windows where HAT's -100 fill is visible: every query scores exactly 100 on the keys of its window's
+    first region and 0 elsewhere, so a masked key ties with an unmasked one only if the fill is -100."""
+    regions = shifted_window_region_ids(8, 8, 4, 2)  # 4 windows of 16 tokens, up to 4 regions each
+    hits = (regions == regions[:, :1]).double()  # [nW, N]: key in the window's first region
+    unit = torch.zeros(head_dim, dtype=torch.float64)
+    unit[0] = 1.0
+    magnitude = (100.0 * head_dim ** 0.5) ** 0.5  # q.k * head_dim**-0.5 == 100 on hits
+    q = (magnitude * unit).expand(4, 1, 16, head_dim).clone()
+    k = (magnitude * hits[:, None, :, None] * unit).clone()
+    v = torch.randn(4, 1, 16, head_dim, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    return q, k, v, torch.zeros(49, 1, dtype=torch.float64), relative_position_index(4), regions
+
+
+def test_interpreted_shift_fill_is_hats_minus_100(interpreted):
+    q, k, v, table, index, regions = _fill_sensitive_windows()
+    expected = window_attention_reference(q, k, v, table, index, shift_mask=shifted_window_mask(8, 8, 4, 2))
+    as_float = [t.float() for t in (q, k, v, table)]
+    for form in (dict(shift_regions=regions), dict(shift_mask=shifted_window_mask(8, 8, 4, 2))):
+        out = interpreted.flash_window_attention(*as_float, index, **form)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_interpreted_ocab_attention_with_negative_index_entries(interpreted):
     # OCAB geometry (overlap ratio 0.5): 16 queries per window against a 6x6 overlapping window; the
     # official index has negative entries, which index the table from its end
@@ -171,7 +193,7 @@ def test_interpreted_ocab_attention_with_negative_index_entries(interpreted):
 @pytest.mark.parametrize("causal, head_dim, dtype", [(False, 16, torch.float32), (True, 64, torch.float32),
                                                       (True, 32, torch.float16)])
 def test_interpreted_varlen_attention_matches_per_sequence_reference(interpreted, causal, head_dim, dtype):
-    lengths_q, lengths_k = [5, 17, 1, 33], [9, 17, 4, 20]
+    lengths_q, lengths_k = [5, 17, 1, 33, 3], [9, 17, 4, 20, 0]  # the last sequence has no keys: zero output
     cu_q = torch.tensor([0] + lengths_q).cumsum(0)
     cu_k = torch.tensor([0] + lengths_k).cumsum(0)
     gen = torch.Generator().manual_seed(head_dim)
@@ -223,7 +245,7 @@ def test_cuda_dispatch_runs_triton_and_matches_reference(dtype, caplog):
     q = torch.randn(2, 3, 77, 64, generator=gen)
     k, v = (torch.randn(2, 3, 100, 64, generator=gen) for _ in range(2))
     bias = torch.randn(3, 77, 100, generator=gen)
-    fast_in = [t.cuda() for t in _leaves(q, k, v, dtype=dtype)] + [bias.cuda().requires_grad_(True)]
+    fast_in = [t.to("cuda", dtype).requires_grad_(True) for t in (q, k, v)] + [bias.cuda().requires_grad_(True)]
     ref_in = _leaves(q, k, v, bias, dtype=torch.float64)
     with caplog.at_level("DEBUG", logger="mtp.kernels"):
         fast = attention(*fast_in[:3], bias=fast_in[3], causal=True)

@@ -25,7 +25,7 @@ from mtp.pipelines.image_restoration import metrics as image_metrics
 from mtp.pipelines.image_restoration.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image, write_image
 from mtp.pipelines.image_restoration.tiling import choose_tile_size, self_ensemble, tiled_forward
 from mtp.registry import DATASETS, UnknownNameError
-from mtp.weights import WeightsError, load_into, load_state_dict_file
+from mtp.weights import WeightsError, compare, load_into, load_state_dict_file
 
 log = logging.getLogger("mtp.image_restoration")
 DEFAULT_CPU_BUDGET = 1.5 * 2 ** 30  # bytes of activations for one tile
@@ -40,6 +40,16 @@ def _bytes_per_input_pixel(model) -> float:
         heads = max(m.num_heads for m in model.modules() if isinstance(getattr(m, "num_heads", None), int))
         return 4.0 * (model.conv_first.out_channels * 48 + heads * model.window_size ** 2 * 3)
     return 4.0 * 64 * 24  # IMDN-sized CNNs
+
+
+def only_hr_images(dataset):
+    """Benchmark folders in the SelfExSR layout (Set5 `image_SRF_s`) hold `*_HR` and `*_LR` images side by
+    side; a clean-image dataset built on one must not take the LR images as extra clean images."""
+    if isinstance(dataset, HROnlyFolder):
+        hr = [path for path in dataset.files if path.stem.endswith("_HR")]
+        if hr and all(path.stem.endswith(("_HR", "_LR")) for path in dataset.files):
+            dataset.files = hr
+    return dataset
 
 
 class ImageRestorationPipeline(TaskPipeline):
@@ -197,12 +207,9 @@ class ImageRestorationPipeline(TaskPipeline):
 
     def _eval_dataset(self, folder: Path):
         folder = resolve_data_path(folder)
-        try:
-            return PairedImageFolder(folder, scale=self.scale)
-        except (FileNotFoundError, ValueError):
-            if self.scale == 1:
-                return self.clean_folder_dataset(folder, seed=0)
-            raise
+        if self.scale == 1:  # restoration: clean images degraded here (an LR partner has another size)
+            return only_hr_images(self.clean_folder_dataset(folder, seed=0))
+        return PairedImageFolder(folder, scale=self.scale)
 
     def clean_folder_dataset(self, folder, **kwargs):
         return HROnlyFolder(folder, degradation="bicubic", scale=self.scale, **kwargs)
@@ -216,8 +223,30 @@ class ImageRestorationPipeline(TaskPipeline):
             check_kwargs(BACKBONES.get(recipe.backbone.name or cls.default_backbone).load(), recipe.backbone.kwargs,
                          "backbone.kwargs", recipe.output.name or "recipe")
         device = "cpu" if recipe.train is None or recipe.train.accelerator == "cpu" else "auto"
-        return cls(backbone=recipe.backbone.name, weights=recipe.backbone.weights, device=device,
-                   backbone_kwargs=recipe.backbone.kwargs, **recipe.options)
+        # Training: the recipe's backbone and scale define the model and `weights` only initialise it
+        # (a x2 model starts x3/x4 training); evaluation reads architecture and scale from the weights.
+        finetune = recipe.train is not None and recipe.backbone.weights
+        pipe = cls(backbone=recipe.backbone.name, weights=None if finetune else recipe.backbone.weights,
+                   device=device, backbone_kwargs=recipe.backbone.kwargs, **recipe.options)
+        if finetune:
+            pipe.init_from(recipe.backbone.weights)
+        return pipe
+
+    def init_from(self, weights) -> None:
+        """Load pretrained weights to train from; every tensor must fit except the scale-specific upsampler
+        (the official finetune options load x2 weights into x3/x4 models and skip what does not fit)."""
+        source = str(weights)
+        state = load_state_dict_file(weights)
+        report = compare(self.model, state)
+        misfits = report.missing + report.unexpected + [key for key, _, _ in report.mismatched]
+        if any(not key.startswith("upsample.") for key in misfits):
+            raise WeightsError(f"backbone.weights: {source} does not fit the recipe's "
+                               f"{self.backbone_name or self.default_backbone} (x{self.scale}) model:\n"
+                               f"{report.format()}")
+        load_into(self.model, state, strict=False, source=source)
+        if misfits:
+            log.info("%s: scale-specific upsampler tensors not loaded into the x%d model: %s", source, self.scale,
+                     ", ".join(misfits))
 
     def datasets(self, recipe) -> dict:
         splits = {}
@@ -234,8 +263,11 @@ class ImageRestorationPipeline(TaskPipeline):
                 raise ValueError(f"data.splits.{split}.root: {self.task} needs an image folder")
             kwargs = dict(source.kwargs)
             check_kwargs(builder.load(), kwargs, f"data.splits.{split}.kwargs")
+            if kwargs.get("lr_dir") is not None:  # a second folder, looked up like the root
+                kwargs["lr_dir"] = resolve_data_path(kwargs["lr_dir"])
             kwargs.setdefault("scale", self.scale)
-            splits[split] = builder.load()(resolve_data_path(source.root), **{**builder.kwargs, **kwargs})
+            splits[split] = only_hr_images(builder.load()(resolve_data_path(source.root),
+                                                          **{**builder.kwargs, **kwargs}))
         return splits
 
     def training_loss(self, batch):

@@ -1,0 +1,91 @@
+"""`mtp run`: the run folder, reproducibility, resume after a kill, and the CLI's handling of bad recipes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "ett_itransformer.yaml"
+# A small iTransformer (with dropout, so the RNG matters) on ETTh1 with a short horizon.
+TINY = ["backbone.kwargs.d_model=16", "backbone.kwargs.d_ff=16", "backbone.kwargs.n_heads=2",
+        "data.kwargs.pred_len=24", "train.batch_size=64", "train.threads=1", "eval.batch_size=512"]
+
+
+def _mtp(args, tmp_path, data_dir, **kwargs):
+    env = {**os.environ, "MTP_DATA_DIR": str(data_dir)}
+    cmd = [sys.executable, "-m", "mtp.cli", *args]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def _run(args, tmp_path, data_dir):
+    proc = _mtp(args, tmp_path, data_dir)
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out, err
+
+
+def _metrics(tmp_path, name):
+    return json.loads((tmp_path / "runs" / name / "metrics.json").read_text())["metrics"]
+
+
+def test_run_folder_and_same_seed_same_numbers(tmp_path, data_dir):
+    for name in ("a", "b"):
+        code, out, err = _run(["run", str(RECIPE), *TINY, "train.epochs=2", f"output.name={name}", "--quiet"],
+                              tmp_path, data_dir)
+        assert code == 0, err
+    run = tmp_path / "runs" / "a"
+    for part in ("config.yaml", "metrics.json", "run.log", "model.safetensors", "model.json",
+                 "forecast_test0.png", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "logs/metrics.csv"):
+        assert (run / part).exists(), part
+    assert "d_model: 16" in (run / "config.yaml").read_text()
+    a, b = _metrics(tmp_path, "a"), _metrics(tmp_path, "b")
+    assert a == b and a["windows"] == 2785 + 96 - 24  # every test window, none dropped
+    assert 0 < a["mse"] < 1.5
+
+
+def test_resume_after_kill_gives_the_same_metrics(tmp_path, data_dir):
+    args = ["run", str(RECIPE), *TINY, "train.epochs=4", "train.patience=null", "--quiet"]
+    code, _, err = _run([*args, "output.name=straight"], tmp_path, data_dir)
+    assert code == 0, err
+
+    proc = _mtp([*args, "output.name=killed"], tmp_path, data_dir, start_new_session=True)
+    last = tmp_path / "runs" / "killed" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the checkpoint file be complete
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.exists() and not (tmp_path / "runs" / "killed" / "metrics.json").exists()
+
+    code, _, err = _run([*args, "output.name=killed", "--resume"], tmp_path, data_dir)
+    assert code == 0, err
+    assert _metrics(tmp_path, "killed") == _metrics(tmp_path, "straight")
+
+
+def test_cli_reports_recipe_errors_without_traceback(tmp_path, data_dir):
+    code, _, err = _run(["run", str(RECIPE), "train.lerning_rate=0.1"], tmp_path, data_dir)
+    assert code == 2 and "unknown key 'train.lerning_rate'" in err and "Traceback" not in err
+    code, _, err = _run(["run", str(RECIPE), "backbone.kwargs.dmodel=4"], tmp_path, data_dir)
+    assert code == 2 and "Did you mean 'backbone.kwargs.d_model'" in err
+    (tmp_path / "runs" / "ett_itransformer").mkdir(parents=True)
+    (tmp_path / "runs" / "ett_itransformer" / "config.yaml").write_text("x")
+    code, _, err = _run(["run", str(RECIPE)], tmp_path, data_dir)
+    assert code == 2 and "--resume" in err
+
+
+def test_list_and_info(tmp_path, data_dir, weights_dir):
+    code, out, _ = _run(["list", "tasks"], tmp_path, data_dir)
+    assert code == 0 and "super_resolution" in out and "forecasting" in out
+    code, out, _ = _run(["list", "recipes"], tmp_path, data_dir)
+    assert code == 0 and "ett_itransformer.yaml" in out
+    code, out, err = _run(["info", str(weights_dir / "imdn" / "IMDN_x4.pth")], tmp_path, data_dir)
+    info = json.loads(out)
+    assert code == 0, err
+    assert info["architecture"]["name"] == "imdn" and info["architecture"]["scale"] == 4
+    assert info["task"] == "super_resolution" and info["numel"] == 715176
