@@ -101,8 +101,10 @@ def _optimizer_and_schedule(params, train: TrainConfig, steps_per_epoch: int):
     by_step = train.max_steps > 0
     if train.scheduler == "none":
         return optimizer
-    if train.scheduler == "halve_per_epoch":  # thuml's `type1`: lr0 * 0.5 ** epoch
-        schedule, interval = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 ** e), "epoch"
+    if train.scheduler == "halve_per_epoch":
+        # thuml's `type1` sets lr0 * 0.5 ** (e - 1) after epoch e (1-based): epochs 0 and 1 both run at lr0.
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 ** max(0, e - 1))
+        interval = "epoch"
     elif train.scheduler == "multistep":
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, train.milestones, gamma=train.gamma)
         interval = "step" if by_step else "epoch"

@@ -135,8 +135,14 @@ class TaskPipeline:
         unknown = [k for k in options if k not in self.options]
         if unknown:
             raise UnknownNameError(unknown_name_message(f"option for {self.task}", unknown[0], list(self.options)))
-        self.given_options = set(options)
         self.config = {**self.options, **options}
+        self.exported_state = {}
+        exported = self._read_export(weights)
+        if exported:  # a model saved by `mtp run`: its sidecar says how to rebuild it
+            backbone = backbone or exported["backbone"]
+            backbone_kwargs = {**exported["kwargs"], **(backbone_kwargs or {})}
+            self.config.update({k: v for k, v in exported["options"].items() if k in self.options and k not in options})
+            self.exported_state = exported.get("state", {})
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.backbone_name = backbone
@@ -147,6 +153,14 @@ class TaskPipeline:
             self.model.to(self.device).eval()
 
     # ------------------------------------------------------------------ model
+    def _read_export(self, weights):
+        from mtp.weights import WeightsError, read_export
+
+        exported = read_export(weights) if weights else None
+        if exported and exported.get("task") != self.task:
+            raise WeightsError(f"{weights} was trained for task {exported.get('task')!r}, not {self.task!r}")
+        return exported
+
     def backbone_entry(self, name: str | None):
         name = name or self.default_backbone
         entry = BACKBONES.get(name)

@@ -41,20 +41,12 @@ class ForecastingPipeline(TaskPipeline):
 
     # ------------------------------------------------------------------ model
     def build_model(self, backbone, weights, **kwargs):
-        from mtp.weights import load_into, load_state_dict_file, read_export
+        from mtp.weights import load_into, load_state_dict_file
 
         entry = self.backbone_entry(backbone)
         self.backbone_name = entry.name
-        self.scaler = getattr(self, "scaler", None)
-        self.n_marks = None
-        if weights:
-            exported = read_export(weights)
-            if exported:
-                self.config.update({k: v for k, v in exported["options"].items() if k not in self.given_options})
-                kwargs = {**exported["kwargs"], **kwargs}
-                state = exported.get("state", {})
-                if state.get("scaler"):
-                    self.scaler = StandardScaler(np.asarray(state["scaler"]["mean"]), np.asarray(state["scaler"]["scale"]))
+        scaler = self.exported_state.get("scaler")
+        self.scaler = StandardScaler(np.asarray(scaler["mean"]), np.asarray(scaler["scale"])) if scaler else None
         built = self._model_kwargs(entry, kwargs)
         model = entry.load()(**built)
         self.model_kwargs = built

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Set up (or reuse) the comparison environment for benchmarks/sr_bench.py, then run a command in it.
+#   bash scripts/bench_env.sh python benchmarks/sr_bench.py     build if needed + run the SR benchmark
+#   bash scripts/bench_env.sh                                    build if needed + print the versions
+# spandrel needs torchvision, and the registry's torchvision needs the registry's matching torch (a CUDA
+# build, several GB), not the local CPU wheel of mtp's main environment; so this is a venv of its own under
+# ~/.cache/mtp/bench-<hash of this file>. It runs on the CPU only (CUDA_VISIBLE_DEVICES is emptied).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+TORCH_SPEC="torch==2.14.1"              # torchvision 0.29 is built against torch 2.14
+TORCHVISION_SPEC="torchvision==0.29.1"
+SPANDREL_SPEC="spandrel==0.4.2"
+LIGHT_DEPS="numpy pyyaml click safetensors tqdm opencv-python-headless psutil"
+NEEDED_GB=12                            # torch + its CUDA libraries unpacked, with room for pip's cache
+
+key="$(sha256sum scripts/bench_env.sh | cut -c1-16)"
+venv="${MTP_BENCH_VENV:-$HOME/.cache/mtp/bench-$key}"
+if [ ! -f "$venv/.complete" ]; then
+  parent="$(dirname "$venv")"
+  mkdir -p "$parent"
+  free_gb="$(df -P -BG "$parent" | awk 'NR == 2 {sub("G", "", $4); print $4}')"
+  df -h "$parent" >&2
+  if [ "$free_gb" -lt "$NEEDED_GB" ]; then
+    echo "[bench-env] $parent has ${free_gb} GB free; the registry torch needs about $NEEDED_GB GB" >&2
+    exit 1
+  fi
+  echo "[bench-env] building $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  # All three in one resolve, pinned, so pip cannot pick the local CPU torch wheel for torchvision.
+  "$venv/bin/python" -m pip install -q "$TORCH_SPEC" "$TORCHVISION_SPEC" "$SPANDREL_SPEC" $LIGHT_DEPS
+  "$venv/bin/python" -m pip install -q --no-deps -e "$root"
+  touch "$venv/.complete"
+else
+  # The editable install must point at this clone, wherever it is.
+  "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" >/dev/null
+fi
+export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv" CUDA_VISIBLE_DEVICES=""
+export MTP_DATA_DIR="${MTP_DATA_DIR:-$(cd "$root/.." && pwd)/shared/data}"
+export MTP_WEIGHTS_DIR="${MTP_WEIGHTS_DIR:-$(cd "$root/.." && pwd)/shared/weights}"
+
+if [ $# -eq 0 ]; then
+  exec python -c "import torch, torchvision, spandrel, mtp; print('torch', torch.__version__, '| torchvision', \
+torchvision.__version__, '| spandrel', spandrel.__version__, '| mtp from', mtp.__path__[0])"
+fi
+exec "$@"
