@@ -9,12 +9,7 @@ Time-Series-Library) so that numbers are comparable with the papers:
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from mtp.files import cache_dir, data_dir, fetch
 
 # The ETTh1 hash was computed from the copy in ../shared/data/ett (byte-identical to the repository file).
 # No copy of ETTh2/ETTm1/ETTm2 is available offline, so their hashes are unknown: the first download of
@@ -34,7 +31,6 @@ ETT_URLS: dict[str, tuple[str, str | None]] = {
     "ETTm2": ("https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/ETTm2.csv", None),
 }
 
-CACHE_DIR = Path("~/.cache/mtp/data/ett")
 
 # Rows per month in the ETT protocol (thuml counts 30-day months): hourly, and 15-minute data (x4).
 _ETT_MONTH_ROWS = {"ETTh1": 30 * 24, "ETTh2": 30 * 24, "ETTm1": 30 * 24 * 4, "ETTm2": 30 * 24 * 4}
@@ -416,11 +412,11 @@ def make_splits(name_or_path, root=None, *, seq_len: int = 96, pred_len: int = 9
 # --------------------------------------------------------------------------------------------------
 
 def search_dirs(root=None) -> list[Path]:
-    """Where datasets are looked for, in order: root, $MTP_DATA_DIR/ett, ~/.cache/mtp/data/ett."""
+    """Where datasets are looked for, in order: root, $MTP_DATA_DIR/ett, the download cache."""
     dirs = [Path(root)] if root is not None else []
-    if os.environ.get("MTP_DATA_DIR"):
-        dirs.append(Path(os.environ["MTP_DATA_DIR"]) / "ett")
-    dirs.append(CACHE_DIR.expanduser())
+    if data_dir() is not None:
+        dirs.append(data_dir() / "ett")
+    dirs.append(cache_dir("data") / "ett")
     return dirs
 
 
@@ -439,28 +435,7 @@ def resolve_dataset(name: str, root=None, download: bool = True) -> Path:
     if not download:
         raise FileNotFoundError(f"{filename} not found in {where} and download=False")
     url, sha256 = ETT_URLS[stem]
-    return download_file(url, dirs[-1] / filename, sha256, hint=f"put {filename} in one of: {where}")
-
-
-def download_file(url: str, dest: Path, sha256: str | None = None, hint: str = "", timeout: float = 60) -> Path:
-    """Download to a temporary file beside `dest`, check the sha256 when known, then rename atomically."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-        if sha256 is not None and digest.hexdigest() != sha256:
-            raise OSError(f"{url}: sha256 {digest.hexdigest()} does not match the expected {sha256}")
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-        raise FileNotFoundError(f"could not download {url} ({err}); offline? {hint}") from err
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    return fetch(url, "data/ett", sha256=sha256, filename=filename, search_dirs=dirs[:-1])
 
 
 # --------------------------------------------------------------------------------------------------

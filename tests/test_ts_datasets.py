@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mtp.datasets import timeseries as ts
+from mtp.files import DownloadError
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +196,7 @@ def test_split_errors(ett_dir):
 # ---------------------------------------------------------------- finding and downloading files
 
 def test_resolver_search_order(ett_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(ts, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setenv("MTP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MTP_DATA_DIR", str(ett_dir.parent))
     assert ts.resolve_dataset("ETTh1") == ett_dir / "ETTh1.csv"
     assert ts.resolve_dataset("WTH", root=ett_dir) == ett_dir / "WTH.csv"
@@ -208,20 +209,20 @@ def test_resolver_search_order(ett_dir, tmp_path, monkeypatch):
 def test_download_verifies_hash_and_is_atomic(ett_dir, tmp_path, monkeypatch):
     source = ett_dir / "ETTh1.csv"
     assert hashlib.sha256(source.read_bytes()).hexdigest() == ts.ETT_URLS["ETTh1"][1]
-    cache = tmp_path / "cache"
-    monkeypatch.setattr(ts, "CACHE_DIR", cache)
+    cache = tmp_path / "cache" / "data" / "ett"
+    monkeypatch.setenv("MTP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MTP_DATA_DIR", raising=False)
     monkeypatch.setitem(ts.ETT_URLS, "ETTh1", (source.as_uri(), ts.ETT_URLS["ETTh1"][1]))
     path = ts.resolve_dataset("ETTh1")
     assert path == cache / "ETTh1.csv" and path.read_bytes() == source.read_bytes()
 
     monkeypatch.setitem(ts.ETT_URLS, "ETTh2", (source.as_uri(), "0" * 64))
-    with pytest.raises(OSError, match="does not match"):
+    with pytest.raises(DownloadError, match="sha256 is .* expected 0000"):
         ts.resolve_dataset("ETTh2")
     assert sorted(p.name for p in cache.iterdir()) == ["ETTh1.csv"]     # no partial file left behind
 
     monkeypatch.setitem(ts.ETT_URLS, "ETTm1", ((tmp_path / "missing.csv").as_uri(), None))
-    with pytest.raises(FileNotFoundError, match="could not download .* put ETTm1.csv in one of"):
+    with pytest.raises(DownloadError, match="could not download .* put it at one of: .*ETTm1.csv"):
         ts.resolve_dataset("ETTm1")
     with pytest.raises(FileNotFoundError, match="download=False"):
         ts.resolve_dataset("ETTm2", download=False)
