@@ -150,7 +150,7 @@ class TaskPipeline:
         self.model_kwargs = dict(backbone_kwargs or {})
         self.model = model if model is not None else self.build_model(backbone, weights, **self.model_kwargs)
         if self.model is not None:
-            self.model.to(self.device).eval()
+            self.model.to(device=self.device, dtype=self.dtype).eval()
 
     # ------------------------------------------------------------------ model
     def _read_export(self, weights):

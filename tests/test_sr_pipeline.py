@@ -129,3 +129,23 @@ def test_in_memory_inputs(imdn_x2, data_dir):
     assert np.array_equal(from_path["rgb"], from_array["rgb"])
     both = imdn_x2([str(path), array])
     assert len(both) == 2
+
+
+def test_cli_eval_prints_metrics(weights_dir, data_dir):
+    cmd = [sys.executable, "-m", "mtp.cli", "eval", "super_resolution", "--weights",
+           str(weights_dir / "imdn" / "IMDN_x2.pth"), "--data", str(data_dir / "sr" / "Set5" / "image_SRF_2"),
+           "-M", "limit=2", "-M", "protocol=matlab"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["images"] == 2 and result["protocol"] == "matlab" and 30 < result["psnr"] < 45
+
+
+def test_bfloat16_inference_stays_close(weights_dir, data_dir):
+    path = sorted((data_dir / "sr" / "Set5" / "image_SRF_2").glob("*_LR.png"))[1]
+    fp32 = Pipeline("super_resolution", weights=str(weights_dir / "imdn" / "IMDN_x2.pth"))
+    bf16 = Pipeline("super_resolution", weights=str(weights_dir / "imdn" / "IMDN_x2.pth"), dtype="bfloat16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert psnr(bf16(str(path))["rgb"], fp32(str(path))["rgb"], protocol="basicsr") > 35
+    with pytest.raises(ValueError, match="float16 needs a CUDA device"):
+        Pipeline("super_resolution", weights=str(weights_dir / "imdn" / "IMDN_x2.pth"), dtype="float16")
