@@ -79,22 +79,22 @@ def fold_masks(bias, mask, causal, lq, lk, dtype, device):
 
 
 def _as_4d(x: torch.Tensor) -> torch.Tensor:
-    """[..., L, D] -> [Z, H, L, D] so SDPA's fused CPU kernel applies (it rejects 3-D and 5-D inputs)."""
-    if x.dim() == 4:
-        return x
-    if x.dim() < 4:
+    """[..., L, D] -> [Z, H, L, D] (SDPA's fused CPU kernel takes nothing else): leading singleton dims are
+    added, or every dim after the first is merged into H, so a mask shared across the first dim stays shared."""
+    if x.dim() <= 4:
         return x.reshape((1,) * (4 - x.dim()) + tuple(x.shape))
-    return x.reshape(-1, *x.shape[-3:])
+    return x.reshape(x.shape[0], -1, *x.shape[-2:])
 
 
 def _mask_as_4d(m: torch.Tensor | None, batch_shape: torch.Size) -> torch.Tensor | None:
-    """The mask matching _as_4d(q); SDPA's fused CPU kernel also wants the mask itself 4-D."""
+    """The mask laid out like _as_4d(q), broadcast only across the dims merged into H, never the first."""
     if m is None:
         return None
-    if len(batch_shape) <= 2:  # q only gained leading singleton dims
-        return m.reshape((1,) * (4 - m.dim()) + tuple(m.shape)) if m.dim() <= 4 else m.reshape(m.shape[-4:])
-    # merging leading dims: broadcast first (reshape copies only when the broadcast layout demands it)
-    return m.expand(*batch_shape, *m.shape[-2:]).reshape(-1, batch_shape[-1], *m.shape[-2:])
+    if len(batch_shape) <= 2:  # q only gains leading singleton dims
+        return m.reshape(m.shape[-4:]) if m.dim() > 4 else m.reshape((1,) * (4 - m.dim()) + tuple(m.shape))
+    m = m.reshape((1,) * (len(batch_shape) + 2 - m.dim()) + tuple(m.shape))
+    m = m.expand(m.shape[0], *batch_shape[1:], *m.shape[-2:])
+    return m.reshape(m.shape[0], -1, *m.shape[-2:])
 
 
 def attention_reference(q, k, v, *, bias=None, mask=None, causal=False, scale=None, dropout_p=0.0):

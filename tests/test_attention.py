@@ -42,6 +42,7 @@ DENSE_CASES = {
     "plain_4d": dict(q=(2, 3, 17, 16), lk=17),
     "3d_cross": dict(q=(4, 11, 32), lk=23),
     "5d_bias_per_head": dict(q=(2, 3, 2, 17, 16), lk=17, bias=(2, 17, 17)),
+    "5d_bias_per_window_and_head": dict(q=(2, 4, 2, 16, 16), lk=16, bias=(4, 2, 16, 16)),  # HAT's grouping
     "bias_broadcast_batch": dict(q=(2, 3, 33, 30), lk=33, bias=(1, 3, 33, 33)),
     "key_padding_bool": dict(q=(2, 2, 17, 16), lk=33, mask=(2, 1, 1, 33), mask_bool=True),
     "float_mask_and_bias": dict(q=(2, 2, 17, 64), lk=17, bias=(2, 17, 17), mask=(17, 17)),

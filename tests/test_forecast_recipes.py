@@ -1,6 +1,7 @@
 """Every forecasting recipe builds the model its reference script builds, on the real data; DLinear's
 recipe trains end to end through `mtp run`'s engine."""
 import csv
+import functools
 import inspect
 import json
 import math
@@ -24,7 +25,9 @@ def shared_data_dir(data_dir, monkeypatch):
     monkeypatch.setenv("MTP_DATA_DIR", str(data_dir))
 
 
+@functools.lru_cache(maxsize=None)
 def build(name: str) -> ForecastingPipeline:
+    """The recipe's pipeline on the real data (built once per recipe: reading the CSV dominates)."""
     return ForecastingPipeline.from_recipe(load_recipe(RECIPES / name))
 
 
@@ -43,7 +46,7 @@ def test_recipe_set_is_complete():
 @pytest.mark.parametrize("path", FORECASTING, ids=lambda p: p.stem)
 def test_recipe_builds_and_forecasts_real_windows(path):
     recipe = load_recipe(path)
-    pipe = ForecastingPipeline.from_recipe(recipe)
+    pipe = build(path.name)
     horizon = recipe.data.kwargs["pred_len"]
     assert f"horizon {horizon}" in recipe.description
     windows = [pipe.splits.train[i] for i in (0, len(pipe.splits.train) - 1)]
