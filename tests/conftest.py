@@ -35,3 +35,14 @@ def fixtures_dir(shared) -> Path:
 @pytest.fixture(scope="session")
 def weights_dir(shared) -> Path:
     return need(shared / "weights")
+
+
+@pytest.fixture
+def one_thread():
+    """Single-threaded torch for a test: small models run faster so on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

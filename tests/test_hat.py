@@ -11,12 +11,7 @@ from mtp.backbones.hat import (HAT, HAT_VARIANTS, pad_to_multiple, relative_posi
 CONFIGS = [f"{name}_SRx{scale}" for name in ("HAT-S", "HAT", "HAT-L") for scale in (2, 3, 4)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
