@@ -7,6 +7,12 @@ published ``params_ema`` checkpoints load strictly. Every attention product goes
 
 The forward does not pad: inputs must be a multiple of ``size_multiple`` (= window_size). Callers pad
 with :func:`pad_to_multiple` (reflect, bottom/right) and crop the output to ``(h * upscale, w * upscale)``.
+
+Layout (same numbers as the official code, fewer copies): tokens stay [B, H*W, C] in image order, which is
+also channels-last memory for the convolutions. Window attention reads them through one gather per block
+that does the cyclic shift and the window partition at once (:class:`WindowPlan`, built once per forward);
+shifted windows are grouped by their mask pattern, so each group runs one fused attention call with a
+single [heads, N, N] bias (+ mask) instead of a materialised [B * nW, heads, N, N] one.
 """
 from __future__ import annotations
 
@@ -74,19 +80,18 @@ def relative_position_index_oca(window_size: int, overlap_ratio: float) -> torch
     return relative[..., 0] * (window_size + ows - 1) + relative[..., 1]
 
 
-def shifted_window_mask(height: int, width: int, window_size: int, shift_size: int,
-                        device=None, dtype=torch.float32) -> torch.Tensor:
-    """[num_windows, ws², ws²] additive mask (0 / -100) that stops shifted windows mixing distant regions."""
-    region = torch.zeros(1, height, width, 1, device=device, dtype=dtype)
-    bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
-    label = 0
-    for rows in bounds:
-        for cols in bounds:
-            region[:, rows, cols, :] = label
-            label += 1
-    labels = window_partition(region, window_size).view(-1, window_size * window_size)
-    different = (labels[:, None, :] - labels[:, :, None]) != 0
-    return torch.zeros_like(different, dtype=dtype).masked_fill(different, _MASK_FILL)
+def shifted_region_labels(height: int, width: int, window_size: int, shift_size: int, device=None) -> torch.Tensor:
+    """[num_windows, ws²] region label of every token of the map rolled by -shift (official calculate_mask).
+
+    Two tokens of a window may attend to each other only when their labels agree; the regions are the bands
+    [0, H-ws), [H-ws, H-shift), [H-shift, H) of each axis.
+    """
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    row_band = (rows >= height - window_size).long() + (rows >= height - shift_size).long()
+    col_band = (cols >= width - window_size).long() + (cols >= width - shift_size).long()
+    labels = (row_band[:, None] * 3 + col_band[None, :]).view(1, height, width, 1)
+    return window_partition(labels, window_size).view(-1, window_size * window_size)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -96,11 +101,68 @@ def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
 
 
-def window_reverse(windows: torch.Tensor, window_size: int, h: int, w: int) -> torch.Tensor:
-    """Inverse of window_partition: [B * num_windows, ws, ws, C] -> [B, H, W, C]."""
-    b = windows.shape[0] // ((h // window_size) * (w // window_size))
-    x = windows.view(b, h // window_size, w // window_size, window_size, window_size, -1)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, -1)
+class WindowPlan:
+    """Where every token of a (shifted) window partition comes from, for a batch of B maps of H x W.
+
+    ``rows`` [B*H*W] picks, from tokens flattened to [B*H*W, C] in image order, the tokens in window order
+    (torch.roll by -shift, then window_partition, as one gather); ``inverse`` puts them back (the reverse
+    partition and roll). With a shift, windows are reordered so that windows with the same region pattern
+    are adjacent: ``groups`` lists (first window, end window, additive mask [ws², ws²] or None) per image,
+    the mask being the official one (-100 between tokens of different regions).
+    """
+
+    def __init__(self, batch: int, height: int, width: int, window_size: int, shift_size: int, device=None,
+                 dtype=torch.float32):
+        n = window_size * window_size
+        tokens = torch.arange(height * width, device=device).view(1, height, width, 1)
+        if shift_size:
+            tokens = torch.roll(tokens, shifts=(-shift_size, -shift_size), dims=(1, 2))
+        windows = window_partition(tokens, window_size).view(-1, n)  # [nW, ws²] image token per window slot
+        if shift_size:
+            labels = shifted_region_labels(height, width, window_size, shift_size, device)
+            # windows lying in one region need no mask: give them all one pattern (zeros)
+            single = (labels == labels[:, :1]).all(dim=1, keepdim=True)
+            patterns, which = torch.unique(torch.where(single, 0, labels + 1), dim=0, return_inverse=True)
+            windows = windows[torch.argsort(which, stable=True)]
+            counts = torch.bincount(which, minlength=len(patterns)).tolist()
+        else:
+            patterns, counts = torch.zeros(1, n, dtype=torch.long, device=device), [windows.shape[0]]
+        self.groups = []
+        first = 0
+        for pattern, count in zip(patterns, counts):
+            differ = pattern[:, None] != pattern[None, :]
+            mask = torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(differ, _MASK_FILL)
+            self.groups.append((first, first + count, mask if bool(differ.any()) else None))
+            first += count
+        order = windows.reshape(-1)
+        per_image = height * width
+        offsets = torch.arange(batch, device=device)[:, None] * per_image
+        self.rows = (offsets + order).reshape(-1)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(per_image, device=device)
+        self.inverse = (offsets + inverse).reshape(-1)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, H*W, C] image order -> [B, H*W, C] window order."""
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.rows).view(x.shape)
+
+    def scatter(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of gather."""
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.inverse).view(x.shape)
+
+
+class WindowPlans:
+    """The plans of one forward pass, built on first use per (window size, shift) and shared by all blocks."""
+
+    def __init__(self, batch: int, height: int, width: int, device, dtype):
+        self.batch, self.size, self.device, self.dtype = batch, (height, width), device, dtype
+        self._plans = {}
+
+    def get(self, window_size: int, shift_size: int) -> WindowPlan:
+        key = (window_size, shift_size)
+        if key not in self._plans:
+            self._plans[key] = WindowPlan(self.batch, *self.size, window_size, shift_size, self.device, self.dtype)
+        return self._plans[key]
 
 
 class DropPath(nn.Module):
@@ -150,6 +212,11 @@ class CAB(nn.Module):
     def forward(self, x):
         return self.cab(x)
 
+    def features_and_gate(self, x):
+        """The convolution output before channel attention and its [B, C, 1, 1] gate (forward = their product)."""
+        features = self.cab[:3](x)
+        return features, self.cab[3].attention(features)
+
 
 class Mlp(nn.Module):
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
@@ -180,19 +247,20 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x, rpi, mask=None):
-        """x: [B * nw, ws², C]; rpi: [ws², ws²]; mask: [nw, ws², ws²] additive, or None."""
-        bw, n, c = x.shape
-        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [B * nw, heads, n, d]
-        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
-        if mask is not None:
-            # windows of one image share a mask: group them as [B, nw, ...] so the bias broadcasts over B
-            nw = mask.shape[0]
-            bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # [nw, heads, n, n]
-            q, k, v = (t.reshape(bw // nw, nw, *t.shape[1:]) for t in (q, k, v))
-        out = attention(q, k, v, bias=bias, scale=self.scale, dropout_p=self.attn_drop if self.training else 0.0)
-        out = out.reshape(bw, self.num_heads, n, -1).transpose(1, 2).reshape(bw, n, c)
+    def forward(self, x, rpi, groups):
+        """x: [B, nW * ws², C] tokens in window order; rpi: [ws², ws²]; groups: (first, end, mask or None)
+        window ranges of each image sharing one additive shift mask [ws², ws²] (WindowPlan.groups)."""
+        b, length, c = x.shape
+        n, heads = rpi.shape[0], self.num_heads
+        qkv = self.qkv(x).view(b, length // n, n, 3, heads, c // heads)
+        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, heads).permute(2, 0, 1).contiguous()
+        dropout = self.attn_drop if self.training else 0.0
+        outs = []
+        for first, end, mask in groups:
+            q, k, v = qkv[:, first:end].flatten(0, 1).permute(2, 0, 3, 1, 4).unbind(0)  # [B * g, heads, n, d]
+            out = attention(q, k, v, bias=bias if mask is None else bias + mask, scale=self.scale, dropout_p=dropout)
+            outs.append(out.transpose(1, 2).reshape(b, -1, c))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         return self.proj_drop(self.proj(out))
 
 
@@ -220,22 +288,20 @@ class HAB(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
-    def forward(self, x, x_size, rpi_sa, attn_mask):
+    def forward(self, x, x_size, rpi_sa, plans: WindowPlans):
         h, w = x_size
         b, _, c = x.shape
-        shortcut = x
-        x = self.norm1(x).view(b, h, w, c)
+        x_norm = self.norm1(x)
 
-        conv_x = self.conv_block(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        # [B, H*W, C] tokens are channels-last memory of [B, C, H, W]: the convolutions need no copy
+        features, gate = self.conv_block.features_and_gate(x_norm.view(b, h, w, c).permute(0, 3, 1, 2))
+        features = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        gate = gate.reshape(b, 1, c) * self.conv_scale
 
-        ws, shift = self.window_size, self.shift_size
-        shifted = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2)) if shift else x
-        windows = window_partition(shifted, ws).view(-1, ws * ws, c)
-        windows = self.attn(windows, rpi_sa, attn_mask if shift else None)
-        shifted = window_reverse(windows.view(-1, ws, ws, c), ws, h, w)
-        attn_x = torch.roll(shifted, shifts=(shift, shift), dims=(1, 2)) if shift else shifted
+        plan = plans.get(self.window_size, self.shift_size)
+        attn_x = plan.scatter(self.attn(plan.gather(x_norm), rpi_sa, plan.groups))
 
-        x = shortcut + self.drop_path(attn_x.reshape(b, h * w, c)) + conv_x * self.conv_scale
+        x = torch.addcmul(x + self.drop_path(attn_x), features, gate)  # + conv_scale * CAB(x_norm)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -260,30 +326,29 @@ class OCAB(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x, x_size, rpi):
+    def forward(self, x, x_size, rpi, plans: WindowPlans):
         h, w = x_size
         b, _, c = x.shape
         ws, ows, heads = self.window_size, self.overlap_win_size, self.num_heads
-        shortcut = x
-        x = self.norm1(x).view(b, h, w, c)
-
-        qkv = self.qkv(x).reshape(b, h, w, 3, c)
-        q = window_partition(qkv[..., 0, :], ws).view(-1, ws * ws, c)  # [B * nw, ws², C]
-        kv = qkv[..., 1:, :].permute(0, 3, 4, 1, 2).reshape(b, 2 * c, h, w)  # k channels then v channels
-        # zero-padded overlapping windows; unfold orders features as (k|v, channel, row, col)
-        kv = F.unfold(kv, kernel_size=ows, stride=ws, padding=(ows - ws) // 2)  # [B, 2C * ows², nw]
-        nw = kv.shape[-1]
-        kv = kv.view(b, 2, c, ows * ows, nw).permute(1, 0, 4, 3, 2).reshape(2, b * nw, ows * ows, c)
-
         d = c // heads
-        q = q.reshape(b * nw, ws * ws, heads, d).transpose(1, 2)
-        k = kv[0].reshape(b * nw, ows * ows, heads, d).transpose(1, 2)
-        v = kv[1].reshape(b * nw, ows * ows, heads, d).transpose(1, 2)
-        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(ws * ws, ows * ows, -1).permute(2, 0, 1)
-        out = attention(q, k, v, bias=bias, scale=self.scale)  # [B * nw, heads, ws², d]
+        plan = plans.get(ws, 0)
+        qkv = self.qkv(self.norm1(x))  # [B, H*W, 3C]
 
-        out = out.transpose(1, 2).reshape(-1, ws, ws, c)
-        x = self.proj(window_reverse(out, ws, h, w).reshape(b, h * w, c)) + shortcut
+        q = plan.gather(qkv[..., :c]).view(-1, ws * ws, heads, d).transpose(1, 2)  # [B * nW, heads, ws², d]
+        # keys/values: zero-padded ows x ows windows at stride ws, as the official nn.Unfold takes them
+        pad = (ows - ws) // 2
+        kv = F.pad(qkv.view(b, h, w, 3 * c)[..., c:], (0, 0, pad, pad, pad, pad))
+        del qkv  # q and kv are copies now; freeing it early lowers the peak memory of large tiles
+        kv = kv.unfold(1, ows, ws).unfold(2, ows, ws)  # [B, nH, nW, 2C, ows, ows] view
+        kv = kv.permute(0, 1, 2, 4, 5, 3).reshape(-1, ows * ows, 2, heads, d)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # [B * nW, heads, ows², d]
+        if k.shape[0] != q.shape[0]:
+            raise ValueError(f"OCAB: {h}x{w} map gives {k.shape[0]} key windows for {q.shape[0]} query windows "
+                             f"(window {ws}, overlap window {ows})")
+        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(ws * ws, ows * ows, -1)
+        out = attention(q, k, v, bias=bias.permute(2, 0, 1).contiguous(), scale=self.scale)  # [B * nW, heads, ws², d]
+
+        x = plan.scatter(self.proj(out.transpose(1, 2).reshape(b, h * w, c))) + x
         return x + self.mlp(self.norm2(x))
 
 
@@ -316,13 +381,13 @@ class AttenBlocks(nn.Module):
         self.overlap_attn = OCAB(dim, window_size, overlap_ratio, num_heads, qkv_bias, qk_scale, mlp_ratio,
                                  norm_layer)
 
-    def forward(self, x, x_size, rpi_sa, rpi_oca, attn_mask):
+    def forward(self, x, x_size, rpi_sa, rpi_oca, plans):
         for block in self.blocks:
             if self.use_checkpoint and self.training:
-                x = checkpoint(block, x, x_size, rpi_sa, attn_mask, use_reentrant=False)
+                x = checkpoint(block, x, x_size, rpi_sa, plans, use_reentrant=False)
             else:
-                x = block(x, x_size, rpi_sa, attn_mask)
-        return self.overlap_attn(x, x_size, rpi_oca)
+                x = block(x, x_size, rpi_sa, plans)
+        return self.overlap_attn(x, x_size, rpi_oca, plans)
 
 
 class RHAG(nn.Module):
@@ -333,8 +398,8 @@ class RHAG(nn.Module):
         self.residual_group = AttenBlocks(dim=dim, **blocks_kwargs)
         self.conv = _residual_conv(dim, resi_connection)
 
-    def forward(self, x, x_size, rpi_sa, rpi_oca, attn_mask):
-        y = self.residual_group(x, x_size, rpi_sa, rpi_oca, attn_mask)
+    def forward(self, x, x_size, rpi_sa, rpi_oca, plans):
+        y = self.residual_group(x, x_size, rpi_sa, rpi_oca, plans)
         y = self.conv(_tokens_to_image(y, x_size))
         return y.flatten(2).transpose(1, 2) + x
 
@@ -437,13 +502,13 @@ class HAT(nn.Module):
 
     def forward_features(self, x):
         x_size = (x.shape[2], x.shape[3])
-        attn_mask = shifted_window_mask(*x_size, self.window_size, self.shift_size, device=x.device, dtype=x.dtype)
+        plans = WindowPlans(x.shape[0], *x_size, device=x.device, dtype=x.dtype)
         x = self.patch_embed(x)
         if self.ape:
             x = x + self.absolute_pos_embed
         x = self.pos_drop(x)
         for layer in self.layers:
-            x = layer(x, x_size, self.relative_position_index_SA, self.relative_position_index_OCA, attn_mask)
+            x = layer(x, x_size, self.relative_position_index_SA, self.relative_position_index_OCA, plans)
         return _tokens_to_image(self.norm(x), x_size)
 
     def forward(self, x):
@@ -452,11 +517,12 @@ class HAT(nn.Module):
             raise ValueError(f"HAT input {h}x{w} must be a multiple of window_size={self.window_size}; "
                              "reflect-pad it first (backbones.hat.pad_to_multiple) and crop the output")
         mean = self.mean.to(x)
-        x = (x - mean) * self.img_range
+        # channels-last from the first convolution on: tokens and feature maps then share one memory layout
+        x = ((x - mean) * self.img_range).contiguous(memory_format=torch.channels_last)
         x = self.conv_first(x)
         x = self.conv_after_body(self.forward_features(x)) + x
         x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
-        return x / self.img_range + mean
+        return (x / self.img_range + mean).contiguous()
 
 
 def _init_weights(module):

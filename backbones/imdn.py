@@ -20,9 +20,14 @@ def conv_layer(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2)
 
 
-def contrast(x: torch.Tensor) -> torch.Tensor:
-    """Per-channel standard deviation over the image (population), [B, C, 1, 1]."""
-    return x.var(dim=(2, 3), keepdim=True, unbiased=False).sqrt()
+def contrast(x: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-channel standard deviation over the image (population), [B, C, 1, 1]; `mean` if already known.
+
+    Two passes like the official stdv_channels; also several times faster on CPU than torch.var's kernel.
+    """
+    if mean is None:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+    return (x - mean).square().mean(dim=(2, 3), keepdim=True).sqrt()
 
 
 class CCALayer(nn.Module):
@@ -39,7 +44,12 @@ class CCALayer(nn.Module):
         )
 
     def forward(self, x):
-        return x * self.conv_du(contrast(x) + self.avg_pool(x))
+        return x * self.gate(x)
+
+    def gate(self, x):
+        """The [B, C, 1, 1] channel weights that forward multiplies x by."""
+        mean = self.avg_pool(x)
+        return self.conv_du(contrast(x, mean) + mean)
 
 
 class IMDModule(nn.Module):
@@ -67,7 +77,12 @@ class IMDModule(nn.Module):
         distilled3, remaining = torch.split(self.act(self.c3(remaining)), split, dim=1)
         distilled4 = self.c4(remaining)
         fused = torch.cat([distilled1, distilled2, distilled3, distilled4], dim=1)
-        return self.c5(self.cca(fused)) + x
+        # c5 is 1x1, so the CCA gate (one weight per input channel) folds into its weights; the product
+        # with the input added in the same GEMM saves two passes over the feature map
+        b, c = fused.shape[:2]
+        weight = self.c5.weight.view(1, c, c) * self.cca.gate(fused).view(b, 1, c)  # [B, out, in]
+        out = torch.baddbmm(x.reshape(b, c, -1), weight, fused.view(b, c, -1))
+        return out.add_(self.c5.bias.view(1, c, 1)).view_as(x)
 
 
 class IMDN(nn.Module):

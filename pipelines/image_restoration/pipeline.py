@@ -121,8 +121,15 @@ class ImageRestorationPipeline(TaskPipeline):
                 budget = free / 2
             else:
                 budget = DEFAULT_CPU_BUDGET
-        side = choose_tile_size(float(budget), _bytes_per_input_pixel(self.model), self.size_multiple)
-        return None if max(height, width) <= side else side
+        per_pixel = _bytes_per_input_pixel(self.model)
+        side = choose_tile_size(float(budget), per_pixel, self.size_multiple)
+        if max(height, width) <= side:
+            return None
+        # tiled_forward keeps an output-sized sum and weight map of the whole image beside each tile: they
+        # share the budget (down to a quarter of it for tiles, as the output has to exist anyway)
+        element = torch.finfo(self.dtype).bits // 8
+        accumulation = height * width * self.scale ** 2 * (getattr(self.model, "out_chans", 3) + 1) * element
+        return choose_tile_size(max(float(budget) - accumulation, budget / 4), per_pixel, self.size_multiple)
 
     # ------------------------------------------------------------------ stages
     def load(self, source):
@@ -154,7 +161,7 @@ class ImageRestorationPipeline(TaskPipeline):
 
         with torch.inference_mode():
             out = self_ensemble(run, lq) if self.config["self_ensemble"] else run(lq)
-            return out.float().clamp(0, 1)
+            return out.float().clamp_(0, 1)  # in place: a large image's output is the biggest tensor here
 
     def forward(self, inputs: list[dict]) -> list:
         return [self.restore(x["lq"]) for x in inputs]
