@@ -4,7 +4,8 @@
 #   bash scripts/bench_env.sh                                    build if needed + print the versions
 # spandrel needs torchvision, and the registry's torchvision needs the registry's matching torch (a CUDA
 # build, several GB), not the local CPU wheel of mtp's main environment; so this is a venv of its own under
-# ~/.cache/mtp/bench-<hash of this file>. It runs on the CPU only (CUDA_VISIBLE_DEVICES is emptied).
+# ~/.cache/mtp/bench-<hash of the package specs below>. It runs on the CPU only (CUDA_VISIBLE_DEVICES is
+# emptied). MTP_BENCH_VENV overrides the location.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -15,7 +16,7 @@ SPANDREL_SPEC="spandrel==0.4.2"
 LIGHT_DEPS="numpy pyyaml click safetensors tqdm opencv-python-headless psutil"
 NEEDED_GB=12                            # torch + its CUDA libraries unpacked, with room for pip's cache
 
-key="$(sha256sum scripts/bench_env.sh | cut -c1-16)"
+key="$(echo "$TORCH_SPEC $TORCHVISION_SPEC $SPANDREL_SPEC $LIGHT_DEPS" | sha256sum | cut -c1-16)"
 venv="${MTP_BENCH_VENV:-$HOME/.cache/mtp/bench-$key}"
 if [ ! -f "$venv/.complete" ]; then
   parent="$(dirname "$venv")"
@@ -35,8 +36,11 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/python" -m pip install -q --no-deps -e "$root"
   touch "$venv/.complete"
 else
-  # The editable install must point at this clone, wherever it is.
-  "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" >/dev/null
+  # The editable install must point at this clone, wherever it is (pip's output only when it fails).
+  if ! log="$("$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" 2>&1)"; then
+    echo "$log" >&2
+    exit 1
+  fi
 fi
 export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv" CUDA_VISIBLE_DEVICES=""
 export MTP_DATA_DIR="${MTP_DATA_DIR:-$(cd "$root/.." && pwd)/shared/data}"
