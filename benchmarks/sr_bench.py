@@ -156,7 +156,7 @@ def child_check(args) -> dict:
         try:
             model = build(args.case, impl, args.weights, args.baseline)
         except Exception as err:  # e.g. spandrel has no such architecture
-            errors[impl] = f"{type(err).__name__}: {err}".strip()[:300]
+            errors[impl] = f"{type(err).__name__}: {err}".rstrip(": ")[:300]
             continue
         with torch.inference_mode():
             outputs[impl] = model(x)
