@@ -2,17 +2,18 @@
 
 Re-implementation of "Activating More Pixels in Image Super-Resolution Transformer" (Chen et al., CVPR 2023)
 whose state dict (key names, shapes and order) equals the official XPixelGroup/HAT release, so the
-published ``params_ema`` checkpoints load strictly. Every attention product goes through
-``mtp.kernels.attention``.
+published ``params_ema`` checkpoints load strictly. Attention, its index buffers and the shifted-window
+regions come from ``mtp.kernels`` (``window_attention``: the bias table read through its index, the shift
+mask built from region ids).
 
 The forward does not pad: inputs must be a multiple of ``size_multiple`` (= window_size). Callers pad
 with :func:`pad_to_multiple` (reflect, bottom/right) and crop the output to ``(h * upscale, w * upscale)``.
 
 Layout (same numbers as the official code, fewer copies): tokens stay [B, H*W, C] in image order, which is
 also channels-last memory for the convolutions. Window attention reads them through one gather per block
-that does the cyclic shift and the window partition at once (:class:`WindowPlan`, built once per forward);
-shifted windows are grouped by their mask pattern, so each group runs one fused attention call with a
-single [heads, N, N] bias (+ mask) instead of a materialised [B * nW, heads, N, N] one.
+that does the cyclic shift and the window partition at once (:class:`WindowPlan`, built once per forward),
+and orders shifted windows by region pattern, so window attention runs each pattern group as one fused
+call on a view, with a single [heads, N, N] bias (+ mask) instead of a materialised [B * nW, heads, N, N] one.
 """
 from __future__ import annotations
 
@@ -20,10 +21,15 @@ import math
 
 import torch
 import torch.nn.functional as F
+from mtp.kernels import (
+    order_windows_by_region,
+    overlapping_relative_position_index,
+    relative_position_index,
+    shifted_window_region_ids,
+    window_attention,
+)
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-
-from mtp.kernels import attention
 
 # Official hyper-parameters (options/test/*.yml); the scale is passed separately as `upscale`.
 _HAT_COMMON = dict(in_chans=3, img_size=64, window_size=16, conv_scale=0.01, overlap_ratio=0.5, img_range=1.0,
@@ -36,7 +42,6 @@ HAT_VARIANTS = {
 
 _RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean used by the official model, applied as (x - mean) * img_range
 _NUM_FEAT = 64  # reconstruction width, hard-coded in the official model
-_MASK_FILL = -100.0  # the official shifted-window mask uses -100, not -inf; the output depends on it
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -57,41 +62,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     return x, (h, w)
 
 
-def relative_position_index_sa(window_size: int) -> torch.Tensor:
-    """[ws², ws²] index into the (2ws-1)² bias table for every (query, key) pair of a window."""
-    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
-    coords = coords.flatten(1)  # 2, ws²
-    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # ws², ws², 2
-    relative = relative + (window_size - 1)
-    return relative[..., 0] * (2 * window_size - 1) + relative[..., 1]
-
-
 def overlap_window_size(window_size: int, overlap_ratio: float) -> int:
     return int(window_size * overlap_ratio) + window_size
-
-
-def relative_position_index_oca(window_size: int, overlap_ratio: float) -> torch.Tensor:
-    """[ws², ows²] index into the (ws+ows-1)² OCAB bias table, query window vs enlarged key window."""
-    ows = overlap_window_size(window_size, overlap_ratio)
-    query = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")).flatten(1)
-    key = torch.stack(torch.meshgrid(torch.arange(ows), torch.arange(ows), indexing="ij")).flatten(1)
-    relative = (key[:, None, :] - query[:, :, None]).permute(1, 2, 0)  # ws², ows², 2
-    relative = relative + (window_size - ows + 1)
-    return relative[..., 0] * (window_size + ows - 1) + relative[..., 1]
-
-
-def shifted_region_labels(height: int, width: int, window_size: int, shift_size: int, device=None) -> torch.Tensor:
-    """[num_windows, ws²] region label of every token of the map rolled by -shift (official calculate_mask).
-
-    Two tokens of a window may attend to each other only when their labels agree; the regions are the bands
-    [0, H-ws), [H-ws, H-shift), [H-shift, H) of each axis.
-    """
-    rows = torch.arange(height, device=device)
-    cols = torch.arange(width, device=device)
-    row_band = (rows >= height - window_size).long() + (rows >= height - shift_size).long()
-    col_band = (cols >= width - window_size).long() + (cols >= width - shift_size).long()
-    labels = (row_band[:, None] * 3 + col_band[None, :]).view(1, height, width, 1)
-    return window_partition(labels, window_size).view(-1, window_size * window_size)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -106,34 +78,22 @@ class WindowPlan:
 
     ``rows`` [B*H*W] picks, from tokens flattened to [B*H*W, C] in image order, the tokens in window order
     (torch.roll by -shift, then window_partition, as one gather); ``inverse`` puts them back (the reverse
-    partition and roll). With a shift, windows are reordered so that windows with the same region pattern
-    are adjacent: ``groups`` lists (first window, end window, additive mask [ws², ws²] or None) per image,
-    the mask being the official one (-100 between tokens of different regions).
+    partition and roll). With a shift, windows are ordered so that windows of one region pattern are
+    adjacent, and ``region_ids`` [nW, ws²] (in that order) give window attention the official mask
+    (-100 between tokens of different regions); without a shift it is None.
     """
 
-    def __init__(self, batch: int, height: int, width: int, window_size: int, shift_size: int, device=None,
-                 dtype=torch.float32):
+    def __init__(self, batch: int, height: int, width: int, window_size: int, shift_size: int, device=None):
         n = window_size * window_size
         tokens = torch.arange(height * width, device=device).view(1, height, width, 1)
         if shift_size:
             tokens = torch.roll(tokens, shifts=(-shift_size, -shift_size), dims=(1, 2))
         windows = window_partition(tokens, window_size).view(-1, n)  # [nW, ws²] image token per window slot
+        self.region_ids = None
         if shift_size:
-            labels = shifted_region_labels(height, width, window_size, shift_size, device)
-            # windows lying in one region need no mask: give them all one pattern (zeros)
-            single = (labels == labels[:, :1]).all(dim=1, keepdim=True)
-            patterns, which = torch.unique(torch.where(single, 0, labels + 1), dim=0, return_inverse=True)
-            windows = windows[torch.argsort(which, stable=True)]
-            counts = torch.bincount(which, minlength=len(patterns)).tolist()
-        else:
-            patterns, counts = torch.zeros(1, n, dtype=torch.long, device=device), [windows.shape[0]]
-        self.groups = []
-        first = 0
-        for pattern, count in zip(patterns, counts):
-            differ = pattern[:, None] != pattern[None, :]
-            mask = torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(differ, _MASK_FILL)
-            self.groups.append((first, first + count, mask if bool(differ.any()) else None))
-            first += count
+            region_ids = shifted_window_region_ids(height, width, window_size, shift_size, device)
+            order = order_windows_by_region(region_ids)
+            windows, self.region_ids = windows[order], region_ids[order]
         order = windows.reshape(-1)
         per_image = height * width
         offsets = torch.arange(batch, device=device)[:, None] * per_image
@@ -154,14 +114,14 @@ class WindowPlan:
 class WindowPlans:
     """The plans of one forward pass, built on first use per (window size, shift) and shared by all blocks."""
 
-    def __init__(self, batch: int, height: int, width: int, device, dtype):
-        self.batch, self.size, self.device, self.dtype = batch, (height, width), device, dtype
+    def __init__(self, batch: int, height: int, width: int, device):
+        self.batch, self.size, self.device = batch, (height, width), device
         self._plans = {}
 
     def get(self, window_size: int, shift_size: int) -> WindowPlan:
         key = (window_size, shift_size)
         if key not in self._plans:
-            self._plans[key] = WindowPlan(self.batch, *self.size, window_size, shift_size, self.device, self.dtype)
+            self._plans[key] = WindowPlan(self.batch, *self.size, window_size, shift_size, self.device)
         return self._plans[key]
 
 
@@ -247,21 +207,16 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
-    def forward(self, x, rpi, groups):
-        """x: [B, nW * ws², C] tokens in window order; rpi: [ws², ws²]; groups: (first, end, mask or None)
-        window ranges of each image sharing one additive shift mask [ws², ws²] (WindowPlan.groups)."""
+    def forward(self, x, rpi, region_ids):
+        """x: [B, nW * ws², C] tokens in window order; rpi: [ws², ws²] bias-table index; region_ids: [nW, ws²]
+        shifted-window regions (tokens attend within their region) or None (WindowPlan.region_ids)."""
         b, length, c = x.shape
         n, heads = rpi.shape[0], self.num_heads
-        qkv = self.qkv(x).view(b, length // n, n, 3, heads, c // heads)
-        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(n, n, heads).permute(2, 0, 1).contiguous()
-        dropout = self.attn_drop if self.training else 0.0
-        outs = []
-        for first, end, mask in groups:
-            q, k, v = qkv[:, first:end].flatten(0, 1).permute(2, 0, 3, 1, 4).unbind(0)  # [B * g, heads, n, d]
-            out = attention(q, k, v, bias=bias if mask is None else bias + mask, scale=self.scale, dropout_p=dropout)
-            outs.append(out.transpose(1, 2).reshape(b, -1, c))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-        return self.proj_drop(self.proj(out))
+        qkv = self.qkv(x).view(b * (length // n), n, 3, heads, c // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B * nW, heads, n, d]
+        out = window_attention(q, k, v, self.relative_position_bias_table, rpi, shift_mask=region_ids,
+                               scale=self.scale, dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, length, c)))
 
 
 class HAB(nn.Module):
@@ -299,7 +254,7 @@ class HAB(nn.Module):
         gate = gate.reshape(b, 1, c) * self.conv_scale
 
         plan = plans.get(self.window_size, self.shift_size)
-        attn_x = plan.scatter(self.attn(plan.gather(x_norm), rpi_sa, plan.groups))
+        attn_x = plan.scatter(self.attn(plan.gather(x_norm), rpi_sa, plan.region_ids))
 
         x = torch.addcmul(x + self.drop_path(attn_x), features, gate)  # + conv_scale * CAB(x_norm)
         return x + self.drop_path(self.mlp(self.norm2(x)))
@@ -345,8 +300,7 @@ class OCAB(nn.Module):
         if k.shape[0] != q.shape[0]:
             raise ValueError(f"OCAB: {h}x{w} map gives {k.shape[0]} key windows for {q.shape[0]} query windows "
                              f"(window {ws}, overlap window {ows})")
-        bias = self.relative_position_bias_table[rpi.reshape(-1)].view(ws * ws, ows * ows, -1)
-        out = attention(q, k, v, bias=bias.permute(2, 0, 1).contiguous(), scale=self.scale)  # [B * nW, heads, ws², d]
+        out = window_attention(q, k, v, self.relative_position_bias_table, rpi, scale=self.scale)  # [B*nW, heads, ws², d]
 
         x = plan.scatter(self.proj(out.transpose(1, 2).reshape(b, h * w, c))) + x
         return x + self.mlp(self.norm2(x))
@@ -465,8 +419,9 @@ class HAT(nn.Module):
         self.mean = torch.tensor(_RGB_MEAN).view(1, 3, 1, 1) if in_chans == 3 else torch.zeros(1, 1, 1, 1)
 
         # persistent, so they are the first two state-dict keys like the released checkpoints
-        self.register_buffer("relative_position_index_SA", relative_position_index_sa(window_size))
-        self.register_buffer("relative_position_index_OCA", relative_position_index_oca(window_size, overlap_ratio))
+        self.register_buffer("relative_position_index_SA", relative_position_index(window_size))
+        self.register_buffer("relative_position_index_OCA", overlapping_relative_position_index(
+            window_size, overlap_window_size(window_size, overlap_ratio)))
         self.register_load_state_dict_post_hook(_check_index_buffers)
 
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
@@ -502,7 +457,7 @@ class HAT(nn.Module):
 
     def forward_features(self, x):
         x_size = (x.shape[2], x.shape[3])
-        plans = WindowPlans(x.shape[0], *x_size, device=x.device, dtype=x.dtype)
+        plans = WindowPlans(x.shape[0], *x_size, device=x.device)
         x = self.patch_embed(x)
         if self.ape:
             x = x + self.absolute_pos_embed
@@ -538,8 +493,9 @@ def _init_weights(module):
 def _check_index_buffers(model: HAT, incompatible_keys):
     """Loaded index buffers must equal the computed ones, or every attention bias would be silently wrong."""
     expected = {
-        "relative_position_index_SA": lambda: relative_position_index_sa(model.window_size),
-        "relative_position_index_OCA": lambda: relative_position_index_oca(model.window_size, model.overlap_ratio),
+        "relative_position_index_SA": lambda: relative_position_index(model.window_size),
+        "relative_position_index_OCA": lambda: overlapping_relative_position_index(
+            model.window_size, overlap_window_size(model.window_size, model.overlap_ratio)),
     }
     for name, compute in expected.items():
         loaded = getattr(model, name)

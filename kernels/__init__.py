@@ -5,6 +5,7 @@ CUDA runs Triton flash kernels (mtp.kernels.triton_attention, imported only ther
 from mtp.kernels.attention import attention, attention_reference
 from mtp.kernels.varlen import varlen_attention, varlen_attention_reference
 from mtp.kernels.window import (
+    order_windows_by_region,
     overlapping_relative_position_index,
     region_mask,
     relative_position_index,
@@ -17,6 +18,7 @@ from mtp.kernels.window import (
 __all__ = [
     "attention",
     "attention_reference",
+    "order_windows_by_region",
     "overlapping_relative_position_index",
     "region_mask",
     "relative_position_index",

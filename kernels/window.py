@@ -14,7 +14,6 @@ import logging
 
 import torch
 import torch.nn.functional as F
-
 from mtp.kernels.attention import use_triton
 
 log = logging.getLogger("mtp.kernels")
@@ -122,7 +121,7 @@ def _bias(bias_table, bias_index, dtype):
     return bias_table[bias_index.reshape(-1)].view(nq, nk, -1).permute(2, 0, 1).to(dtype)
 
 
-def window_attention_reference(q, k, v, bias_table, bias_index, *, shift_mask=None, scale=None):
+def window_attention_reference(q, k, v, bias_table, bias_index, *, shift_mask=None, scale=None, dropout_p=0.0):
     """HAT's WindowAttention/OCAB computation step by step, materialising every [B*nW, heads, Nq, Nk] tensor."""
     _check_inputs(q, k, v, bias_table, bias_index, shift_mask)
     heads, nq, nk = q.shape[1], q.shape[2], k.shape[2]
@@ -134,11 +133,18 @@ def window_attention_reference(q, k, v, bias_table, bias_index, *, shift_mask=No
         n_windows = mask.shape[0]
         attn = attn.view(-1, n_windows, heads, nq, nk) + mask.to(q.dtype).unsqueeze(1).unsqueeze(0)
         attn = attn.view(-1, heads, nq, nk)
-    return attn.softmax(dim=-1) @ v
+    return F.dropout(attn.softmax(dim=-1), dropout_p) @ v
 
 
-def window_attention(q, k, v, bias_table, bias_index, *, shift_mask=None, scale=None):
-    """Fast window attention; same contract and numerics as window_attention_reference."""
+def window_attention(q, k, v, bias_table, bias_index, *, shift_mask=None, scale=None, dropout_p=0.0):
+    """Fast window attention; same contract and numerics as window_attention_reference.
+
+    ``dropout_p`` > 0 (attention-probability dropout, for training only) takes the reference path.
+    """
+    if dropout_p > 0.0:
+        log.debug("window_attention: reference path for dropout_p=%s", dropout_p)
+        return window_attention_reference(q, k, v, bias_table, bias_index, shift_mask=shift_mask, scale=scale,
+                                          dropout_p=dropout_p)
     _check_inputs(q, k, v, bias_table, bias_index, shift_mask)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if use_triton(q, k, v) and q.shape[-1] == v.shape[-1] and bias_table.is_floating_point():
@@ -205,27 +211,69 @@ class _WindowAttentionSDPA(torch.autograd.Function):
 
 
 def _window_attention_sdpa(q, k, v, bias_table, bias_index, shift_mask, scale):
-    """SDPA over all windows with the shared [1, heads, Nq, Nk] bias, then again over the windows that a shift
-    mask touches. Peak extra memory is the bias plus the masked windows' share, never [B*nW, heads, Nq, Nk]."""
+    """SDPA over windows grouped by shift-mask pattern, one call per group with a single [1, heads, Nq, Nk]
+    bias (+ mask). Peak extra memory is one bias per group, never [B*nW, heads, Nq, Nk]."""
     bias = _bias(bias_table, bias_index, q.dtype).contiguous().unsqueeze(0)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     if shift_mask is None:
-        return out
-    if shift_mask.is_floating_point():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    if shift_mask.is_floating_point():  # a stored mask: attend unmasked, then redo the windows it touches
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         windows = shift_mask.flatten(1).ne(0).any(1).nonzero().squeeze(1)
         if len(windows):
             masks = bias + shift_mask[windows].to(q.dtype).unsqueeze(1)
             out = _recompute_windows(out, q, k, v, windows, shift_mask.shape[0], masks, scale)
         return out
-    # region ids: only a handful of distinct patterns exist (4 for Swin shifts), one mask each
-    patterns, which = torch.unique(shift_mask, dim=0, return_inverse=True)
-    for number, pattern in enumerate(patterns):
-        if bool((pattern == pattern[0]).all()):
-            continue  # a single region: the mask is all zero
-        windows = (which == number).nonzero().squeeze(1)
-        mask = bias + region_mask(pattern, q.dtype)
-        out = _recompute_windows(out, q, k, v, windows, shift_mask.shape[0], mask, scale)
+    groups = _region_groups(shift_mask)
+    n_windows = shift_mask.shape[0]
+    batch = q.shape[0] // n_windows
+    if batch == 1 and all(isinstance(windows, slice) for windows, _ in groups):
+        # windows already sorted by pattern (HAT orders them so): slices are views, the outputs one concat
+        outs = [F.scaled_dot_product_attention(q[windows], k[windows], v[windows],
+                                               attn_mask=bias if pattern is None else bias + region_mask(pattern, q.dtype),
+                                               scale=scale)
+                for windows, pattern in groups]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+    out = torch.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype, device=q.device)
+    for windows, pattern in groups:
+        if isinstance(windows, slice):
+            windows = torch.arange(windows.start, windows.stop, device=q.device)
+        mask = bias if pattern is None else bias + region_mask(pattern, q.dtype)
+        _recompute_windows(out, q, k, v, windows, n_windows, mask, scale)
     return out
+
+
+def _pattern_numbers(region_ids: torch.Tensor) -> torch.Tensor:
+    """[nW] number of each window's region pattern; windows lying in one region all share number 0."""
+    single = (region_ids == region_ids[:, :1]).all(dim=1, keepdim=True)
+    return torch.unique(torch.where(single, -1, region_ids), dim=0, return_inverse=True)[1]
+
+
+def order_windows_by_region(region_ids: torch.Tensor) -> torch.Tensor:
+    """A permutation of the windows [nW] that makes windows of one region pattern adjacent.
+
+    Window attention over windows so ordered (with the region ids reordered alike) runs each pattern group
+    on views, without gathering windows.
+    """
+    return torch.argsort(_pattern_numbers(region_ids), stable=True)
+
+
+def _region_groups(region_ids: torch.Tensor) -> list:
+    """Windows of one image grouped by region pattern: [(slice or index tensor, pattern [N] or None)].
+
+    A window lying in a single region needs no mask (pattern None); a group of consecutive windows is a slice.
+    Swin shifts give at most 4 patterns.
+    """
+    which = _pattern_numbers(region_ids)
+    groups = []
+    for number in range(int(which.max()) + 1):
+        windows = (which == number).nonzero().squeeze(1)
+        first, last = int(windows[0]), int(windows[-1])
+        pattern = region_ids[first]
+        single = bool((pattern == pattern[0]).all())
+        if last - first + 1 == len(windows):
+            windows = slice(first, last + 1)
+        groups.append((first, windows, None if single else pattern))
+    return [(windows, pattern) for _, windows, pattern in sorted(groups, key=lambda group: group[0])]
 
 
 def _recompute_windows(out, q, k, v, windows, n_windows, mask, scale):

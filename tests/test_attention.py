@@ -1,15 +1,14 @@
 """CPU dispatch of mtp.kernels (SDPA paths) against the plain-torch references and official fixtures."""
 import logging
 
+import mtp.kernels.window as window_module
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
-
-import mtp.kernels.window as window_module
 from mtp.kernels import (
     attention,
     attention_reference,
+    order_windows_by_region,
     overlapping_relative_position_index,
     relative_position_index,
     shifted_window_mask,
@@ -19,6 +18,7 @@ from mtp.kernels import (
     window_attention,
     window_attention_reference,
 )
+from safetensors.torch import load_file
 
 torch.set_num_threads(1)
 
@@ -259,6 +259,40 @@ def test_window_attention_matches_naive_hat(fixtures_dir, mask_form, monkeypatch
     fast.backward(grad)
     ref.backward(grad)
     _assert_same_grads(fast_in, ref_in, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_window_attention_on_windows_ordered_by_region(fixtures_dir, batch):
+    # HAT orders shifted windows by region pattern so each pattern group is a slice (batch 1) of the windows
+    sd, features = _hat_features(fixtures_dir)
+    (q, k, v), table = _hat_window_qkv(sd, features, block=1, shift=HAT_SHIFT)
+    regions = shifted_window_region_ids(40, 40, HAT_WINDOW, HAT_SHIFT)
+    order = order_windows_by_region(regions)
+    assert sorted(order.tolist()) == list(range(25)) and not torch.equal(order, torch.arange(25))
+    groups = window_module._region_groups(regions[order])
+    assert len(groups) == 4 and all(isinstance(windows, slice) for windows, _ in groups)
+    q, k, v = (torch.cat([t[order], t[order].flip(0)][:batch]) for t in (q, k, v))
+    index = relative_position_index(HAT_WINDOW)
+    expected = _naive_window_attention(q, k, v, table, index, shifted_window_mask(40, 40, HAT_WINDOW, HAT_SHIFT)[order],
+                                       q.shape[-1] ** -0.5)
+    fast_in, ref_in = _leaves(q, k, v, table), _leaves(q, k, v, table)
+    fast = window_attention(*fast_in, index, shift_mask=regions[order])
+    torch.testing.assert_close(fast.double(), expected, rtol=0, atol=1e-5 * max(1.0, expected.abs().max().item()))
+    ref = window_attention_reference(*ref_in, index, shift_mask=regions[order])
+    fast.sum().backward()
+    ref.sum().backward()
+    _assert_same_grads(fast_in, ref_in, atol=1e-4)
+
+
+def test_window_attention_dropout_takes_the_reference_path():
+    q = k = v = torch.randn(4, 2, 16, 8, generator=torch.Generator().manual_seed(3))
+    table, index = torch.randn(49, 2), relative_position_index(4)
+    torch.manual_seed(0)
+    dropped = window_attention(q, k, v, table, index, dropout_p=0.5)
+    torch.manual_seed(0)
+    expected = window_attention_reference(q, k, v, table, index, dropout_p=0.5)
+    torch.testing.assert_close(dropped, expected)
+    assert not torch.allclose(dropped, window_attention(q, k, v, table, index))
 
 
 def test_window_attention_shift_fill_is_hats_minus_100():

@@ -4,9 +4,8 @@ import json
 
 import pytest
 import torch
-
-from mtp.backbones.hat import (HAT, HAT_VARIANTS, pad_to_multiple, relative_position_index_oca,
-                               relative_position_index_sa)
+from mtp.backbones.hat import HAT, HAT_VARIANTS, overlap_window_size, pad_to_multiple
+from mtp.kernels import overlapping_relative_position_index, relative_position_index
 
 CONFIGS = [f"{name}_SRx{scale}" for name in ("HAT-S", "HAT", "HAT-L") for scale in (2, 3, 4)]
 
@@ -83,9 +82,9 @@ def test_index_buffers_equal_computed_and_are_checked_on_load(tiny):
     model = HAT(**kwargs)
     assert torch.equal(state["relative_position_index_SA"], model.relative_position_index_SA)
     assert torch.equal(state["relative_position_index_OCA"], model.relative_position_index_OCA)
-    assert torch.equal(model.relative_position_index_SA, relative_position_index_sa(ws))
+    assert torch.equal(model.relative_position_index_SA, relative_position_index(ws))
     assert model.relative_position_index_OCA.shape == (ws * ws, (ws + int(ws * overlap)) ** 2)
-    assert torch.equal(model.relative_position_index_OCA, relative_position_index_oca(ws, overlap))
+    assert torch.equal(model.relative_position_index_OCA, overlapping_relative_position_index(ws, overlap_window_size(ws, overlap)))
 
     tampered = dict(state, relative_position_index_SA=state["relative_position_index_SA"].t().contiguous())
     with pytest.raises(ValueError, match="relative_position_index_SA"):

@@ -136,11 +136,12 @@ _TIFF_SAMPLES_PER_PIXEL, _TIFF_STRIP_OFFSETS, _TIFF_STRIP_BYTES, _TIFF_TILE_OFFS
     277, 273, 279, 324, 325)
 
 
-def _tiff_problem(data: bytes) -> str | None:
-    """Check the first image directory: channel count, and that every strip/tile lies inside the file."""
+_TIFF_WIDTH, _TIFF_LENGTH = 256, 257
+
+
+def _tiff_fields(data: bytes, tags: tuple) -> dict | str:
+    """Values of ``tags`` in the first image directory, or a problem string for a broken header."""
     if data[:4] not in (b"II*\x00", b"MM\x00*"):
-        if data[:4] in (b"II+\x00", b"MM\x00+"):
-            return None  # BigTIFF: left to libtiff
         return "no TIFF header"
     endian = "<" if data[:2] == b"II" else ">"
     (ifd,) = struct.unpack(endian + "I", data[4:8])
@@ -153,8 +154,7 @@ def _tiff_problem(data: bytes) -> str | None:
     for start in range(ifd + 2, ifd + 2 + 12 * entries, 12):
         tag, kind, count = struct.unpack(endian + "HHI", data[start:start + 8])
         code = _TIFF_FIELD_TYPES.get(kind)
-        if code is None or tag not in (_TIFF_SAMPLES_PER_PIXEL, _TIFF_STRIP_OFFSETS, _TIFF_STRIP_BYTES,
-                                       _TIFF_TILE_OFFSETS, _TIFF_TILE_BYTES):
+        if code is None or tag not in tags:
             continue
         size = struct.calcsize(code) * count
         if size <= 4:  # small values are stored inside the entry itself
@@ -165,6 +165,17 @@ def _tiff_problem(data: bytes) -> str | None:
             if len(raw) < size:
                 return f"TIFF field {tag} lies past the end of the file (truncated)"
         fields[tag] = struct.unpack(endian + code * count, raw)
+    return fields
+
+
+def _tiff_problem(data: bytes) -> str | None:
+    """Check the first image directory: channel count, and that every strip/tile lies inside the file."""
+    if data[:4] in (b"II+\x00", b"MM\x00+"):
+        return None  # BigTIFF: left to libtiff
+    fields = _tiff_fields(data, (_TIFF_SAMPLES_PER_PIXEL, _TIFF_STRIP_OFFSETS, _TIFF_STRIP_BYTES,
+                                 _TIFF_TILE_OFFSETS, _TIFF_TILE_BYTES))
+    if isinstance(fields, str):
+        return fields
     channels = fields.get(_TIFF_SAMPLES_PER_PIXEL, (1,))[0]
     if channels > 4:
         return f"{channels} channels; expected 1 (gray), 3 (colour) or 4 (colour + alpha)"
@@ -187,12 +198,65 @@ _CONTAINER_CHECKS = {
 }
 
 
-def read_image(path: str | os.PathLike, min_size: int = 1) -> Image:
+_JPEG_FRAME_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def declared_size(data: bytes, suffix: str) -> tuple[int, int] | None:
+    """(height, width) as a structurally valid file's header declares them, read without decoding;
+    None where the header does not say (e.g. BigTIFF)."""
+    suffix = suffix.lower()
+    if suffix == ".png" and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return height, width
+    if suffix in (".jpg", ".jpeg"):
+        pos = 2
+        while pos + 9 <= len(data) and data[pos] == 0xFF:
+            marker = data[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker in _JPEG_FRAME_MARKERS:  # start of frame: length, precision, height, width
+                return struct.unpack(">HH", data[pos + 5:pos + 9])
+            if marker == 0xDA:
+                return None
+            (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+            pos += 2 + length
+        return None
+    if suffix == ".bmp" and len(data) >= 26:
+        (header_size,) = struct.unpack("<I", data[14:18])
+        if header_size == 12:  # OS/2 core header: 16-bit sides
+            width, height = struct.unpack("<HH", data[18:22])
+        else:
+            width, height = struct.unpack("<ii", data[18:26])  # negative height: rows stored top-down
+        return abs(height), abs(width)
+    if suffix == ".webp" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8 ":  # lossy: 14-bit sides after the frame tag and start code
+            width, height = struct.unpack("<HH", data[26:30])
+            return height & 0x3FFF, width & 0x3FFF
+        if chunk == b"VP8L":  # lossless: 14-bit (side - 1) fields after the signature byte
+            (bits,) = struct.unpack("<I", data[21:25])
+            return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+        if chunk == b"VP8X":  # extended: 24-bit (side - 1) canvas fields
+            return int.from_bytes(data[27:30], "little") + 1, int.from_bytes(data[24:27], "little") + 1
+        return None
+    if suffix in (".tif", ".tiff"):
+        fields = _tiff_fields(data, (_TIFF_WIDTH, _TIFF_LENGTH))
+        if isinstance(fields, dict) and _TIFF_WIDTH in fields and _TIFF_LENGTH in fields:
+            return fields[_TIFF_LENGTH][0], fields[_TIFF_WIDTH][0]
+    return None
+
+
+def read_image(path: str | os.PathLike, min_size: int = 1, max_pixels: int | None = None,
+               max_pixels_reason: str = "") -> Image:
     """Read an 8/16-bit gray, RGB or RGBA image file.
 
     Args:
         path: a file with one of ``IMAGE_EXTENSIONS`` (the content must match the extension).
         min_size: smallest accepted height and width in pixels.
+        max_pixels: largest accepted height x width, checked from the header before decoding (an image
+            too large for memory fails here instead of in the decoder or later); ``max_pixels_reason``
+            says why, in the error.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -211,6 +275,10 @@ def read_image(path: str | os.PathLike, min_size: int = 1) -> Image:
     problem = _CONTAINER_CHECKS[suffix](data)
     if problem:
         raise ImageReadError(f"{path}: not a valid {suffix} image: {problem}")
+    size = declared_size(data, suffix)
+    if max_pixels is not None and size is not None and size[0] * size[1] > max_pixels:
+        raise ImageReadError(f"{path}: image is {size[0]}x{size[1]} ({size[0] * size[1] / 1e6:.1f} Mpixel); "
+                             f"at most {max_pixels / 1e6:.1f} Mpixel can be processed{max_pixels_reason}")
 
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None:
@@ -243,9 +311,15 @@ def read_image(path: str | os.PathLike, min_size: int = 1) -> Image:
 
 
 def _quantise(values: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Round [0, 1] floats to integer samples, a band of rows at a time: a large image's float64
+    temporaries would otherwise be several times the size of the image itself."""
     max_value = 255 if bit_depth == 8 else 65535
-    dtype = np.uint8 if bit_depth == 8 else np.uint16
-    return np.round(np.clip(values.astype(np.float64), 0.0, 1.0) * max_value).astype(dtype)
+    out = np.empty(values.shape, dtype=np.uint8 if bit_depth == 8 else np.uint16)
+    rows = max(1, (1 << 22) // max(1, values[0].size))  # about 4 M samples (32 MB of float64) per band
+    for start in range(0, values.shape[0], rows):
+        band = np.clip(values[start:start + rows].astype(np.float64), 0.0, 1.0)
+        out[start:start + rows] = np.round(band * max_value)
+    return out
 
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None, bit_depth: int = 8,

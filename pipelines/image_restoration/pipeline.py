@@ -8,6 +8,7 @@ size multiple done exactly as the official HAT pipeline (reflect bottom/right, c
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,15 +16,24 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from mtp.backbones import sr_detect
-from mtp.config import check_kwargs
 from mtp.datasets.sr import HROnlyFolder, PairedImageFolder
+from mtp.pipelines.image_restoration import metrics as image_metrics
+from mtp.pipelines.image_restoration.image_io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    read_image,
+    write_image,
+)
+from mtp.pipelines.image_restoration.tiling import (
+    choose_tile_size,
+    self_ensemble,
+    tiled_forward,
+)
+
+from mtp.config import check_kwargs
 from mtp.files import resolve_data_path
 from mtp.pipeline import InputError, TaskPipeline
-from mtp.pipelines.image_restoration import metrics as image_metrics
-from mtp.pipelines.image_restoration.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image, write_image
-from mtp.pipelines.image_restoration.tiling import choose_tile_size, self_ensemble, tiled_forward
 from mtp.registry import DATASETS, UnknownNameError
 from mtp.weights import WeightsError, compare, load_into, load_state_dict_file
 
@@ -39,6 +49,18 @@ def _bytes_per_input_pixel(model) -> float:
     if hasattr(model, "window_size"):  # HAT: ~17 token maps in its widest block, or the 64-channel upsampler
         return 4.0 * max(17 * model.conv_first.out_channels, 2.5 * 64 * getattr(model, "upscale", 1) ** 2)
     return 4.0 * 64 * 20  # IMDN: six 64-channel block outputs, their concatenation, oneDNN's reorder buffers
+
+
+def available_memory() -> int:
+    """Bytes of memory the system can give without swapping (Linux MemAvailable; free pages elsewhere)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def only_hr_images(dataset):
@@ -66,6 +88,7 @@ class ImageRestorationPipeline(TaskPipeline):
         "self_ensemble": False,  # x8 flips/rotations averaged
         "output_format": None,   # e.g. "png": change the output extension; None keeps the input's
         "min_size": 2,           # smaller inputs are rejected (a 1x1 image cannot be reflect-padded)
+        "max_pixels": None,      # larger inputs are rejected before decoding; None: what available memory holds
     }
 
     # ------------------------------------------------------------------ model
@@ -124,16 +147,28 @@ class ImageRestorationPipeline(TaskPipeline):
         side = choose_tile_size(float(budget), per_pixel, self.size_multiple)
         if max(height, width) <= side:
             return None
-        # tiled_forward keeps an output-sized sum and weight map of the whole image beside each tile: they
-        # share the budget (down to a quarter of it for tiles, as the output has to exist anyway)
+        # tiled_forward keeps an output-sized weighted sum of the whole image beside each tile: they share the
+        # budget (down to a quarter of it for tiles, as the output has to exist anyway)
         element = torch.finfo(self.dtype).bits // 8
-        accumulation = height * width * self.scale ** 2 * (getattr(self.model, "out_chans", 3) + 1) * element
+        accumulation = height * width * self.scale ** 2 * getattr(self.model, "out_chans", 3) * element
         return choose_tile_size(max(float(budget) - accumulation, budget / 4), per_pixel, self.size_multiple)
+
+    def pixel_limit(self) -> dict:
+        """read_image's max_pixels (and why): the option, or what available memory holds for the whole-image
+        buffers (the decoded input, ~16 B per pixel, and the float output plus its integer copy, ~18 B per
+        output pixel); a tile's activations have their own budget (max_memory)."""
+        if self.config["max_pixels"] is not None:
+            return {"max_pixels": int(self.config["max_pixels"]), "max_pixels_reason": " (option max_pixels)"}
+        available = available_memory()
+        per_pixel = 16 + 18 * self.scale ** 2
+        return {"max_pixels": available // per_pixel,
+                "max_pixels_reason": f" at x{self.scale} in the {available / 2 ** 30:.1f} GiB of memory available "
+                                     f"(about {per_pixel} bytes per input pixel); split the image or set max_pixels"}
 
     # ------------------------------------------------------------------ stages
     def load(self, source):
         if isinstance(source, (str, Path)):
-            return read_image(source, min_size=self.config["min_size"])
+            return read_image(source, min_size=self.config["min_size"], **self.pixel_limit())
         if isinstance(source, np.ndarray):  # an RGB array, uint8/uint16 or float in [0, 1]
             if source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[2] not in (3, 4)):
                 raise InputError(f"array input: expected H x W, H x W x 3 or H x W x 4, got {source.shape}")
