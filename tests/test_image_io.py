@@ -1,10 +1,12 @@
 import struct
+import zlib
 
 import cv2
 import numpy as np
 import pytest
 
-from mtp.pipelines.image_restoration.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image, write_image
+from mtp.pipelines.image_restoration.image_io import (IMAGE_EXTENSIONS, ImageReadError, declared_size, read_image,
+                                                      write_image)
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +174,31 @@ def test_unsupported_layouts_and_small_images(tmp_path, set5_png):
     jpeg_named_png.write_bytes(encoded.tobytes())
     with pytest.raises(ImageReadError, match="PNG signature"):
         read_image(jpeg_named_png)
+
+
+@pytest.mark.parametrize("suffix", IMAGE_EXTENSIONS)
+def test_declared_size_read_from_the_header(tmp_path, set5_png, suffix):
+    image = read_image(set5_png)
+    crop = image.rgb[:37, :53]  # sides that differ, so a swapped height/width shows
+    path = write_image(tmp_path / f"crop{suffix}", crop, quality=90)
+    assert declared_size(path.read_bytes(), suffix) == (37, 53)
+    lossless = write_image(tmp_path / "lossless.webp", crop, quality=101)  # WebP's lossless (VP8L) form
+    assert declared_size(lossless.read_bytes(), ".webp") == (37, 53)
+    rgba = write_image(tmp_path / "rgba.webp", crop, alpha=np.ones(crop.shape[:2], np.float32) * 0.5)
+    assert declared_size(rgba.read_bytes(), ".webp") == (37, 53)
+
+
+def test_images_over_the_pixel_limit_fail_before_decoding(tmp_path, set5_png):
+    image = read_image(set5_png)
+    pixels = image.height * image.width
+    assert read_image(set5_png, max_pixels=pixels).height == image.height
+    with pytest.raises(ImageReadError, match=rf"{image.height}x{image.width} .*at most .* Mpixel.*because"):
+        read_image(set5_png, max_pixels=pixels - 1, max_pixels_reason=" because")
+    # a header declaring 60000 x 60000 pixels in a tiny, structurally valid PNG is refused, not decoded
+    data = bytearray(set5_png.read_bytes())
+    data[16:24] = struct.pack(">II", 60000, 60000)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match=r"huge.png: image is 60000x60000 \(3600.0 Mpixel\)"):
+        read_image(huge, max_pixels=10 ** 8)

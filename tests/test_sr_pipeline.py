@@ -1,7 +1,9 @@
 """Super-resolution through the Pipeline API and the CLI, with the official IMDN weights on Set5."""
 import json
+import struct
 import subprocess
 import sys
+import zlib
 
 import cv2
 import numpy as np
@@ -68,6 +70,11 @@ def _make_input_tree(root, sr_dir):
     (root / "text.png").write_text("this is not an image\n")
     (root / "empty.jpg").write_bytes(b"")
     cv2.imwrite(str(root / "tiny.png"), np.zeros((1, 1, 3), np.uint8))
+    # a valid PNG whose header declares 200000 x 200000 pixels: more than any memory, refused before decoding
+    huge = bytearray(data)
+    huge[16:24] = struct.pack(">II", 200000, 200000)
+    huge[29:33] = struct.pack(">I", zlib.crc32(bytes(huge[12:29])))
+    (root / "huge.png").write_bytes(bytes(huge))
     (root / "notes.txt").write_text("ignored: not an image type\n")
 
 
@@ -78,8 +85,11 @@ def test_folder_run_skips_broken_files_reports_them_and_resumes(imdn_x2, data_di
     assert not report.ok
     assert sorted(report.written) == [str(out / "a.png"), str(out / "sub" / "b.png")]
     failed = json.loads((out / "failures.json").read_text())["failed"]
-    assert sorted(f["input"].rsplit("/", 1)[-1] for f in failed) == ["empty.jpg", "text.png", "tiny.png", "truncated.png"]
-    assert all(f["error"] for f in failed) and report.ignored == [str(src / "notes.txt")]
+    assert sorted(f["input"].rsplit("/", 1)[-1] for f in failed) == ["empty.jpg", "huge.png", "text.png", "tiny.png",
+                                                                      "truncated.png"]
+    assert all(f["error"] for f in failed)
+    huge_error = next(f["error"] for f in failed if f["input"].endswith("huge.png"))
+    assert "200000x200000" in huge_error and "GiB of memory available" in huge_error and report.ignored == [str(src / "notes.txt")]
     a = cv2.imread(str(out / "a.png"))
     assert a.shape[:2] == tuple(2 * s for s in cv2.imread(str(src / "a.png")).shape[:2])
     assert not list(out.rglob("*.part*"))  # atomic writes leave no temporaries
@@ -98,7 +108,7 @@ def test_cli_predict_exit_status_and_report(weights_dir, data_dir, tmp_path):
            str(weights_dir / "imdn" / "IMDN_x2.pth"), "--input", str(src), "--output", str(out), "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
-    assert "2 written" in proc.stdout and "4 failed" in proc.stdout and str(out / "failures.json") in proc.stdout
+    assert "2 written" in proc.stdout and "5 failed" in proc.stdout and str(out / "failures.json") in proc.stdout
     bad = subprocess.run(cmd[:4] + ["--backbone", "imdm"] + cmd[4:], capture_output=True, text=True)
     assert bad.returncode == 2 and "Did you mean 'imdn'" in bad.stderr
 
