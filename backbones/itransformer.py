@@ -13,36 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtp.kernels import attention
+from mtp.kernels import Dropout, attention, dropout
 
 
 def activation_function(name: str):
     if name not in ("relu", "gelu"):
         raise ValueError(f"activation={name!r}: expected 'relu' or 'gelu'")
     return F.relu if name == "relu" else F.gelu   # exact (erf) GELU, as the official code
-
-
-def fast_dropout(x, p: float, training: bool):
-    """Inverted dropout. On CPU the keep-mask comes from 16-bit slices of 64-bit random draws, about
-    2x cheaper than `F.dropout`'s per-element Bernoulli sampling (which dominates small models'
-    step time); p is rounded to a multiple of 1/65536 and the scale matches the rounded p, so the
-    output stays unbiased. Other devices use `F.dropout`."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu":
-        return F.dropout(x, p, True)
-    drop_count = round(p * 65536)
-    n = x.numel()
-    draws = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
-    keep = draws.view(torch.int16)[:n].view(x.shape) >= drop_count - 32768
-    return x * (keep * (65536 / (65536 - drop_count))).to(x.dtype)
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with the faster CPU sampling of `fast_dropout`."""
-
-    def forward(self, x):
-        return fast_dropout(x, self.p, self.training)
 
 
 class PointwiseConv(nn.Conv1d):
@@ -88,7 +65,7 @@ class AttentionLayer(nn.Module):
         dropout_p = self.attn_dropout if self.training else 0.0
         if return_attention:
             # Maps are wanted: explicit softmax(q k^T) so the probabilities can be returned.
-            probs = F.dropout(((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1), dropout_p)
+            probs = dropout(((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1), dropout_p)
             out = probs @ v
         else:
             probs, out = None, attention(q, k, v, scale=scale, dropout_p=dropout_p)

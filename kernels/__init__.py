@@ -1,8 +1,10 @@
 """Shared attention kernels: one dispatch per operation, a plain-torch reference beside each fast path.
 
+Dropout samples its CPU masks cheaply (mtp.kernels.dropout).
 CUDA runs Triton flash kernels (mtp.kernels.triton_attention, imported only there); CPU runs PyTorch SDPA.
 """
 from mtp.kernels.attention import attention, attention_reference
+from mtp.kernels.dropout import Dropout, dropout
 from mtp.kernels.varlen import varlen_attention, varlen_attention_reference
 from mtp.kernels.window import (
     order_windows_by_region,
@@ -16,6 +18,8 @@ from mtp.kernels.window import (
 )
 
 __all__ = [
+    "Dropout",
+    "dropout",
     "attention",
     "attention_reference",
     "order_windows_by_region",

@@ -17,6 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mtp.kernels.dropout import dropout
+
 log = logging.getLogger("mtp.kernels")
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -97,8 +99,8 @@ def _mask_as_4d(m: torch.Tensor | None, batch_shape: torch.Size) -> torch.Tensor
     return m.reshape(m.shape[0], -1, *m.shape[-2:])
 
 
-def attention_reference(q, k, v, *, bias=None, mask=None, causal=False, scale=None, dropout_p=0.0):
-    """softmax(q k^T * scale + bias [+ mask]) v computed naively; q, k, v: [..., L, D]."""
+def _probabilities(q, k, *, bias, mask, causal, scale):
+    """softmax(q k^T * scale + bias [+ mask]) with rows that see no key set to zero."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale
     if bias is not None:
@@ -110,7 +112,12 @@ def attention_reference(q, k, v, *, bias=None, mask=None, causal=False, scale=No
         scores = scores.masked_fill(~causal_keep(lq, lk, q.device), float("-inf"))
     probs = scores.softmax(dim=-1)
     # a row with no visible key is all-NaN after softmax; every fast path returns zeros there
-    probs = probs.masked_fill(torch.isneginf(scores).all(-1, keepdim=True), 0.0)
+    return probs.masked_fill(torch.isneginf(scores).all(-1, keepdim=True), 0.0)
+
+
+def attention_reference(q, k, v, *, bias=None, mask=None, causal=False, scale=None, dropout_p=0.0):
+    """softmax(q k^T * scale + bias [+ mask]) v computed naively; q, k, v: [..., L, D]."""
+    probs = _probabilities(q, k, bias=bias, mask=mask, causal=causal, scale=scale)
     if dropout_p > 0:
         probs = F.dropout(probs, dropout_p)
     return probs @ v
@@ -137,6 +144,12 @@ def attention(q, k, v, *, bias=None, mask=None, causal=False, scale=None, dropou
                               causal=causal, scale=scale)
         return out.reshape(*q.shape[:-1], v.shape[-1])
 
+    if dropout_p > 0 and q.device.type == "cpu":
+        # SDPA's CPU kernels do not fuse dropout: its math fallback samples per element, slower than the
+        # whole product for small models; the same math with mtp.kernels.dropout's sampling instead
+        log.debug("attention: math with cpu dropout q%s k%s dropout=%s", tuple(q.shape), tuple(k.shape), dropout_p)
+        probs = _probabilities(q, k, bias=bias, mask=mask, causal=causal, scale=scale)
+        return dropout(probs, dropout_p) @ v
     log.debug("attention: sdpa q%s k%s bias=%s mask=%s causal=%s dropout=%s", tuple(q.shape), tuple(k.shape),
               bias is not None, mask is not None, causal, dropout_p)
     # SDPA's own is_causal is top-left aligned, so it only stands in for ours when Lq == Lk

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mtp.kernels import (
+    dropout,
     attention,
     attention_reference,
     order_windows_by_region,
@@ -101,6 +102,35 @@ def test_attention_explicit_scale_and_dropout_path():
     torch.manual_seed(0)
     dropped = attention(q, k, v, dropout_p=0.5)
     assert not torch.allclose(dropped, attention(q, k, v))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_cpu_dropout_statistics_and_seeding(p):
+    torch.manual_seed(0)
+    x = torch.ones(401, 999)  # an element count that is not a multiple of the four masks per draw
+    out = dropout(x, p)
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - p) < 0.003
+    assert abs(out.mean().item() - 1.0) < 0.005  # unbiased
+    assert not torch.equal(out, dropout(x, p))  # every call draws a new mask
+    rows_dropped = (out == 0).float().mean(1)
+    assert rows_dropped.std() < 0.05  # no repeating pattern across the tensor
+    assert dropout(x, p, training=False) is x and dropout(x, 0.0) is x
+    torch.manual_seed(1)
+    first = dropout(x, p)
+    torch.manual_seed(1)
+    torch.testing.assert_close(dropout(x, p), first)  # follows torch.manual_seed
+    with pytest.raises(ValueError, match="p must be in"):
+        dropout(x, 1.0)
+
+
+def test_attention_dropout_on_cpu_drops_probabilities():
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    torch.manual_seed(5)
+    out = attention(q, k, v, dropout_p=0.2)
+    torch.manual_seed(5)
+    probs = dropout((q @ k.transpose(-2, -1) * 8 ** -0.5).softmax(-1), 0.2)
+    torch.testing.assert_close(out, probs @ v)
 
 
 def test_attention_logs_the_path(caplog):
