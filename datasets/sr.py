@@ -9,6 +9,7 @@ index))``, so an item is reproducible in any worker process; call ``set_epoch`` 
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from pathlib import Path
@@ -182,11 +183,15 @@ class HROnlyFolder(_RestorationFolder):
       * ``"jpeg"``: OpenCV JPEG compression at ``quality``.
     In training mode (``patch_size`` set) the HR crop is taken first and then degraded.
     Noise is drawn from the per-item generator, so evaluation noise is fixed by ``seed``.
+
+    ``pattern`` (a glob on file names, e.g. ``"*_HR.png"``) selects the clean images. Without it, a folder
+    in the SelfExSR benchmark layout (Set5 ``image_SRF_s``: every image named ``*_HR`` or ``*_LR``) gives
+    its ``*_HR`` images only, as its LR images are not clean images of their own.
     """
 
     def __init__(self, hr_dir: str | os.PathLike, degradation: str = "bicubic", *, scale: int = 1,
                  sigma: float | None = None, quality: int | None = None, patch_size: int | None = None,
-                 augment: bool = False, seed: int = 0):
+                 augment: bool = False, seed: int = 0, pattern: str | None = None):
         if degradation not in DEGRADATIONS:
             raise ValueError(f"unknown degradation {degradation!r}; expected one of {DEGRADATIONS}")
         if degradation != "bicubic" and scale != 1:
@@ -199,7 +204,14 @@ class HROnlyFolder(_RestorationFolder):
         self.degradation = degradation
         self.sigma = sigma
         self.quality = quality
-        self.files = _list_images(Path(hr_dir), "HR")
+        files = _list_images(Path(hr_dir), "HR")
+        if pattern is not None:
+            files = [path for path in files if fnmatch.fnmatch(path.name, pattern)]
+            if not files:
+                raise ValueError(f"HR folder {hr_dir} holds no images matching pattern {pattern!r}")
+        elif all(path.stem.endswith(("_HR", "_LR")) for path in files):
+            files = [path for path in files if path.stem.endswith("_HR")] or files
+        self.files = files
 
     def __len__(self) -> int:
         return len(self.files)

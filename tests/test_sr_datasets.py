@@ -167,3 +167,14 @@ def test_hr_only_argument_errors(t91):
         HROnlyFolder(t91, "noise", sigma=15, scale=2)
     with pytest.raises(ValueError, match="degradation"):
         HROnlyFolder(t91, "blur")
+
+
+def test_hr_only_selects_clean_images_by_name(set5_x4, t91):
+    # Set5's image_SRF_4 holds *_HR and *_LR pairs: only the HR images are clean images
+    dataset = HROnlyFolder(set5_x4, "noise", sigma=15)
+    assert len(dataset) == 5 and all(path.stem.endswith("_HR") for path in dataset.files)
+    lr_only = HROnlyFolder(set5_x4, "noise", sigma=15, pattern="*_LR.png")
+    assert len(lr_only) == 5 and all(path.stem.endswith("_LR") for path in lr_only.files)
+    assert len(HROnlyFolder(t91, "noise", sigma=15)) == len(list(t91.glob("*.png")))  # other folders: every image
+    with pytest.raises(ValueError, match=r"no images matching pattern '\*_HR.tif'"):
+        HROnlyFolder(set5_x4, "noise", sigma=15, pattern="*_HR.tif")

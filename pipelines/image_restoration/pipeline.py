@@ -63,16 +63,6 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def only_hr_images(dataset):
-    """Benchmark folders in the SelfExSR layout (Set5 `image_SRF_s`) hold `*_HR` and `*_LR` images side by
-    side; a clean-image dataset built on one must not take the LR images as extra clean images."""
-    if isinstance(dataset, HROnlyFolder):
-        hr = [path for path in dataset.files if path.stem.endswith("_HR")]
-        if hr and all(path.stem.endswith(("_HR", "_LR")) for path in dataset.files):
-            dataset.files = hr
-    return dataset
-
-
 class ImageRestorationPipeline(TaskPipeline):
     """Shared by all image-to-image tasks; subclasses fix the scale rule and the degradation."""
 
@@ -249,7 +239,7 @@ class ImageRestorationPipeline(TaskPipeline):
     def _eval_dataset(self, folder: Path):
         folder = resolve_data_path(folder)
         if self.scale == 1:  # restoration: clean images degraded here (an LR partner has another size)
-            return only_hr_images(self.clean_folder_dataset(folder, seed=0))
+            return self.clean_folder_dataset(folder, seed=0)
         return PairedImageFolder(folder, scale=self.scale)
 
     def clean_folder_dataset(self, folder, **kwargs):
@@ -307,8 +297,7 @@ class ImageRestorationPipeline(TaskPipeline):
             if kwargs.get("lr_dir") is not None:  # a second folder, looked up like the root
                 kwargs["lr_dir"] = resolve_data_path(kwargs["lr_dir"])
             kwargs.setdefault("scale", self.scale)
-            splits[split] = only_hr_images(builder.load()(resolve_data_path(source.root),
-                                                          **{**builder.kwargs, **kwargs}))
+            splits[split] = builder.load()(resolve_data_path(source.root), **{**builder.kwargs, **kwargs})
         return splits
 
     def training_loss(self, batch):
