@@ -13,7 +13,8 @@ import math
 import torch
 from torch import nn
 
-from mtp.backbones.itransformer import AttentionLayer, Dropout, Encoder, EncoderLayer
+from mtp.backbones.itransformer import AttentionLayer, Encoder, EncoderLayer
+from mtp.kernels import Dropout
 
 
 def sinusoidal_table(length: int, d_model: int) -> torch.Tensor:

@@ -95,6 +95,42 @@ def test_patchtst_recipes_follow_time_series_library(horizon, heads):
     assert n_params(pipe.model) == embedding + layer + final_norm + head
 
 
+def test_patchtst_recipe_computes_what_time_series_library_computes():
+    """The 96 recipe's model against thuml's forecast written out with torch primitives on real windows:
+    instance norm (population variance + 1e-5), nn.ReplicationPad1d((0, stride)) then unfold, patch
+    embedding + sine table, encoder, Transpose/BatchNorm1d/Transpose with its running statistics, the
+    [B, N, d_model, patches] flatten and the head, and the de-normalisation. A zero-padded end, a
+    patch-major flatten or an unbiased variance each moves the output far beyond the tolerance."""
+    import torch.nn.functional as F
+
+    pipe = build("ett_patchtst.yaml")
+    model = pipe.model.eval()
+    norm = model.encoder.norm[1]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():   # running statistics away from (0, 1), so a skipped BatchNorm shows
+        norm.running_mean.copy_(torch.randn(norm.num_features, generator=generator))
+        norm.running_var.copy_(torch.rand(norm.num_features, generator=generator) + 0.5)
+    train = pipe.splits.train
+    x = torch.stack([train[i]["x"] for i in (0, 1234, len(train) - 1)])
+    batch, seq_len, n_vars = x.shape
+    with torch.no_grad():
+        means = x.mean(1, keepdim=True)
+        stdev = torch.sqrt(((x - means) ** 2).mean(1, keepdim=True) + 1e-5)
+        series = ((x - means) / stdev).permute(0, 2, 1)
+        padded = torch.nn.ReplicationPad1d((0, 8))(series)
+        patches = padded.unfold(-1, 16, 8).reshape(batch * n_vars, -1, 16)
+        assert patches.shape[1] == (seq_len - 16) // 8 + 2
+        tokens = model.patch_embedding.value_embedding(patches) + model.patch_embedding.position_embedding.pe[:, :patches.shape[1]]
+        for layer in model.encoder.attn_layers:
+            tokens, _ = layer(tokens)
+        tokens = F.batch_norm(tokens.transpose(1, 2), norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                              eps=norm.eps).transpose(1, 2)
+        features = tokens.reshape(batch, n_vars, -1, tokens.shape[-1]).permute(0, 1, 3, 2).flatten(start_dim=-2)
+        expected = model.head.linear(features).permute(0, 2, 1) * stdev + means
+        out = model(x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
 def test_exchange_recipe_uses_the_custom_csv_protocol():
     pipe = build("exchange_itransformer.yaml")
     splits = pipe.splits
