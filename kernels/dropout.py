@@ -8,7 +8,6 @@ use `F.dropout`.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
