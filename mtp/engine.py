@@ -19,6 +19,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.data import extract_batch_size
 from torch.utils.data import DataLoader, Sampler
 
 from mtp.config import Recipe, TrainConfig
@@ -82,8 +83,11 @@ class TaskModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        # Unweighted mean of batch losses, the convention of the reference training scripts.
-        self.log("val_loss", self.pipe.validation_loss(batch), on_epoch=True, prog_bar=True, batch_size=1)
+        # The epoch's val_loss is the mean over validation samples (Lightning weights each batch by its size).
+        # The reference scripts average batches of 32 (a partial last one dropped or counted whole), which is
+        # close to that; an unweighted mean of our larger evaluation batches would over-weight the last one.
+        self.log("val_loss", self.pipe.validation_loss(batch), on_epoch=True, prog_bar=True,
+                 batch_size=extract_batch_size(batch))
 
     def configure_optimizers(self):
         return _optimizer_and_schedule(self.model.parameters(), self.train_config, self.steps_per_epoch)

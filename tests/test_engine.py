@@ -47,6 +47,22 @@ def test_run_folder_and_same_seed_same_numbers(tmp_path, data_dir):
     assert 0 < a["mse"] < 1.5
 
 
+def test_validation_loss_is_the_mean_over_every_window(tmp_path, data_dir):
+    # Early stopping compares these losses; with 2881 validation windows in batches of 512 the last batch
+    # holds 321, and a mean of batch means would weigh it like the others.
+    code, _, err = _run(["run", str(RECIPE), *TINY, "train.epochs=1", "eval.split=val", "output.plots=false",
+                         "output.name=v", "--quiet"], tmp_path, data_dir)
+    assert code == 0, err
+    metrics = _metrics(tmp_path, "v")
+    assert metrics["windows"] == 11520 - (8640 - 96) - 96 - 24 + 1
+    rows = (tmp_path / "runs" / "v" / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    logged = [float(row.split(",")[header.index("val_loss")]) for row in rows[1:]
+              if row.split(",")[header.index("val_loss")]]
+    assert len(logged) == 1
+    assert abs(logged[0] - metrics["mse"]) < 2e-6 * metrics["mse"]
+
+
 def test_resume_after_kill_gives_the_same_metrics(tmp_path, data_dir):
     args = ["run", str(RECIPE), *TINY, "train.epochs=4", "train.patience=null", "--quiet"]
     code, _, err = _run([*args, "output.name=straight"], tmp_path, data_dir)
