@@ -17,9 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import Dataset
+
 from mtp.pipelines.image_restoration.image_io import IMAGE_EXTENSIONS, read_image
 from mtp.pipelines.image_restoration.matlab_resize import imresize
-from torch.utils.data import Dataset
 
 DEGRADATIONS = ("bicubic", "noise", "jpeg")
 

@@ -16,6 +16,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+
 from mtp.kernels.dropout import dropout
 
 log = logging.getLogger("mtp.kernels")

@@ -1,4 +1,5 @@
 """`mtp run`: the run folder, reproducibility, resume after a kill, and the CLI's handling of bad recipes."""
+import csv
 import json
 import os
 import signal
@@ -55,10 +56,8 @@ def test_validation_loss_is_the_mean_over_every_window(tmp_path, data_dir):
     assert code == 0, err
     metrics = _metrics(tmp_path, "v")
     assert metrics["windows"] == 11520 - (8640 - 96) - 96 - 24 + 1
-    rows = (tmp_path / "runs" / "v" / "logs" / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    logged = [float(row.split(",")[header.index("val_loss")]) for row in rows[1:]
-              if row.split(",")[header.index("val_loss")]]
+    with open(tmp_path / "runs" / "v" / "logs" / "metrics.csv", newline="") as f:
+        logged = [float(row["val_loss"]) for row in csv.DictReader(f) if row["val_loss"]]
     assert len(logged) == 1
     assert abs(logged[0] - metrics["mse"]) < 2e-6 * metrics["mse"]
 
