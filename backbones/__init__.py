@@ -1,12 +1,21 @@
 """Backbones: plain nn.Modules, and the registry of their named variants.
 
-Each entry is data only (import target, constructor kwargs, tasks, weights source, the metric protocol its
-paper used), so listing them imports nothing.
+Each entry is a typed BackboneSpec (mtp.registry), data only: import target, constructor preset, tasks, released
+weights (URL, sha256, state-dict key, licence), detection from a state dict, capabilities, and the metric protocol
+its paper used. Listing them imports nothing.
 """
-from mtp.registry import BACKBONES
+from mtp.registry import BACKBONES, WeightsSpec
 
 _IMDN_URL = "https://github.com/Zheng222/IMDN/raw/master/checkpoints/IMDN_x{s}.pth"
+_HAT_PAGE = "https://github.com/XPixelGroup/HAT#how-to-test (the authors' Google Drive / Baidu links)"
 _SR = ["super_resolution", "denoising", "jpeg_restoration"]
+_SR_DETECT = "mtp.backbones.sr_detect:detect"
+
+
+def _hat_releases(prefix: str, scales=(2, 3, 4), suffix: str = "") -> dict:
+    """HAT's releases have no direct URL: the spec names the file and the page to fetch it from."""
+    return {f"x{s}": WeightsSpec(filename=f"{prefix}_SRx{s}{suffix}.pth", page=_HAT_PAGE, key="params_ema",
+                                 licence="Apache-2.0", options={"scale": s}) for s in scales}
 
 # HAT (Chen et al., CVPR 2023): official option files; the scale is set by the task (`upscale`).
 _HAT_COMMON = dict(in_chans=3, img_size=64, window_size=16, compress_ratio=3, squeeze_factor=30, conv_scale=0.01,
@@ -14,19 +23,24 @@ _HAT_COMMON = dict(in_chans=3, img_size=64, window_size=16, compress_ratio=3, sq
 BACKBONES.register("hat_s", "mtp.backbones.hat:HAT",
                    dict(_HAT_COMMON, embed_dim=144, depths=[6] * 6, num_heads=[6] * 6, compress_ratio=24,
                         squeeze_factor=24), tasks=_SR, weights_key="params_ema", protocol="basicsr",
+                   weights=_hat_releases("HAT-S"), detect=_SR_DETECT, size_multiple=16, family="hat",
                    description="HAT-S (9.6M params), hybrid attention transformer, Chen et al. 2023")
 BACKBONES.register("hat", "mtp.backbones.hat:HAT",
                    dict(_HAT_COMMON, embed_dim=180, depths=[6] * 6, num_heads=[6] * 6), tasks=_SR,
-                   weights_key="params_ema", protocol="basicsr",
+                   weights_key="params_ema", protocol="basicsr", weights=_hat_releases("HAT"), detect=_SR_DETECT,
+                   size_multiple=16, family="hat",
                    description="HAT (20.8M params), Chen et al. 2023")
 BACKBONES.register("hat_l", "mtp.backbones.hat:HAT",
                    dict(_HAT_COMMON, embed_dim=180, depths=[6] * 12, num_heads=[6] * 12), tasks=_SR,
-                   weights_key="params_ema", protocol="basicsr",
+                   weights_key="params_ema", protocol="basicsr", detect=_SR_DETECT, size_multiple=16, family="hat",
+                   weights=_hat_releases("HAT-L", suffix="_ImageNet-pretrain"),
                    description="HAT-L (40.8M params), Chen et al. 2023")
 BACKBONES.register("imdn", "mtp.backbones.imdn:IMDN", dict(in_nc=3, nf=64, num_modules=6, out_nc=3),
-                   tasks=_SR, protocol="basicsr",
-                   weights={2: (_IMDN_URL.format(s=2), "740b39653592bd3f49955a21cd9e16f2d37f2c413368cc09327601b8fbe42ce1"),
-                            4: (_IMDN_URL.format(s=4), "e660c38221147217a136debeb99eb304d62d9c0f73ac421ed66281b619719714")},
+                   tasks=_SR, protocol="basicsr", detect=_SR_DETECT, size_multiple=1, bytes_per_element=4.0 * 64 * 20,
+                   weights={"x2": WeightsSpec(_IMDN_URL.format(s=2), "740b39653592bd3f49955a21cd9e16f2d37f2c413368cc09327601b8fbe42ce1",
+                                              options={"scale": 2}),
+                            "x4": WeightsSpec(_IMDN_URL.format(s=4), "e660c38221147217a136debeb99eb304d62d9c0f73ac421ed66281b619719714",
+                                              options={"scale": 4})},
                    description="IMDN (0.7M params), information multi-distillation network, Hui et al. 2019")
 
 # Forecasting backbones take (seq_len, pred_len) and the number of variates from the data; their

@@ -28,6 +28,16 @@ class SRArchitecture:
     in_channels: int = 3
     out_channels: int = 3
 
+    @property
+    def backbone(self) -> str:
+        """The registered backbone name these weights fit (a HAT variant, or the family)."""
+        return self.variant or self.name
+
+    @property
+    def tasks(self) -> tuple:
+        """What the weights are for follows from the scale: x1 models restore, x2-x4 upscale."""
+        return ("super_resolution",) if self.scale > 1 else ("denoising", "jpeg_restoration")
+
 
 def _shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
     return tuple(state_dict[key].shape)
@@ -156,5 +166,6 @@ def build(arch: SRArchitecture) -> nn.Module:
     """Construct the (randomly initialised) model that `arch` describes."""
     if arch.name not in _ARCHITECTURES:
         raise ValueError(f"unknown SR architecture {arch.name!r}; known: {', '.join(_ARCHITECTURES)}")
-    model_class = _ARCHITECTURES[arch.name][2]
-    return model_class(**arch.kwargs)
+    from mtp.registry import construct
+
+    return construct(_ARCHITECTURES[arch.name][2], **arch.kwargs)

@@ -2,14 +2,14 @@
 download cache, in that order."""
 from mtp.registry import DATASETS
 
-_TS = "mtp.datasets.timeseries"
+_TS = "mtp.datasets.forecasting"
 for _name in ("ETTh1", "ETTh2", "ETTm1", "ETTm2"):
     DATASETS.register(_name, f"{_TS}:make_splits", dict(name_or_path=_name), tasks=["forecasting"],
                       description=f"{_name} (Zhou et al. 2021), standard 12/4/4-month split")
 DATASETS.register("csv", f"{_TS}:make_splits", {}, tasks=["forecasting"],
                   description="any CSV with a date column, 70/10/20 chronological split")
 
-_SR = "mtp.datasets.sr"
+_SR = "mtp.datasets.image_restoration.folders"
 DATASETS.register("paired_folder", f"{_SR}:PairedImageFolder", {},
                   tasks=["super_resolution", "denoising", "jpeg_restoration"],
                   description="HR/LR pairs by name (Set5 image_SRF_s layout, DIV2K layout)")

@@ -58,7 +58,9 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    scheduler: str = "none"             # none | halve_per_epoch | multistep | cosine
+    scheduler: str = "none"             # none | halve_per_epoch (thuml) | multistep | cosine | a torch scheduler
+    scheduler_kwargs: dict = field(default_factory=dict)  # that scheduler's arguments (e.g. OneCycleLR max_lr)
+    scheduler_interval: Optional[str] = None  # step | epoch; default: step for max_steps recipes, else epoch
     milestones: list[int] = field(default_factory=list)  # multistep: steps (iteration recipes) or epochs
     gamma: float = 0.5
     grad_clip: Optional[float] = None
@@ -154,7 +156,39 @@ def read_recipe_dict(path: str | Path, _seen: tuple = ()) -> dict:
     return raw
 
 
+RECIPE_DIRS = (Path("recipes"), Path(__file__).resolve().parents[1] / "recipes")
+
+
+def recipe_files() -> list[Path]:
+    """Every recipe under ./recipes and the package's recipes/ (one per file name, the local one first)."""
+    seen, found = set(), []
+    for folder in RECIPE_DIRS:
+        for path in sorted(folder.rglob("*.yaml")) if folder.is_dir() else []:
+            if path.name not in seen:
+                seen.add(path.name)
+                found.append(path)
+    return found
+
+
+def find_recipe(spec: str | Path) -> Path:
+    """A recipe file as given, else a recipe found by name (`ett_itransformer`, `recipes/ett_itransformer.yaml`)
+    in the recipe folders, from any working directory."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = path.name if path.suffix in (".yaml", ".yml") else path.name + ".yaml"
+    matches = [p for p in recipe_files() if p.name == name]
+    if len(matches) == 1:
+        return matches[0]
+    names = [p.stem for p in recipe_files()]
+    close = difflib.get_close_matches(Path(name).stem, names, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise RecipeError(f"recipe not found: {spec} (no such file, and no recipe of that name in "
+                      f"{', '.join(str(d) for d in RECIPE_DIRS)}).{hint} `mtp list recipes` lists them")
+
+
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = find_recipe(path)
     raw = read_recipe_dict(path)
     for text in overrides:
         apply_override(raw, *parse_override(text))

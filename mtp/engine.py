@@ -1,7 +1,7 @@
 """Train and evaluate a recipe with the Lightning Trainer; write the run folder.
 
 Domain-free: everything task-specific comes from the task pipeline's hooks (`from_recipe`, `datasets`,
-`training_loss`, `validation_loss`, `evaluate_split`, `write_artifacts`). Runs are reproducible and
+`training_loss`, `validation_metrics`, `evaluate`, `write_artifacts`). Runs are reproducible and
 resumable: data order and dropout are reseeded from (seed, epoch) at every epoch, so a run resumed from
 `last.ckpt` after a kill ends with the same numbers as one that never stopped.
 """
@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from mtp.config import Recipe, TrainConfig
 from mtp.files import write_text_atomic
+from mtp.weights import read_checkpoint
 from mtp.registry import TASKS
 
 log = logging.getLogger("mtp.engine")
@@ -86,8 +87,10 @@ class TaskModule(L.LightningModule):
         # The epoch's val_loss is the mean over validation samples (Lightning weights each batch by its size).
         # The reference scripts average batches of 32 (a partial last one dropped or counted whole), which is
         # close to that; an unweighted mean of our larger evaluation batches would over-weight the last one.
-        self.log("val_loss", self.pipe.validation_loss(batch), on_epoch=True, prog_bar=True,
-                 batch_size=extract_batch_size(batch))
+        # A task that monitors another quantity (Dice, WER, accuracy) logs it from validation_metrics.
+        size = extract_batch_size(batch)
+        for name, value in self.pipe.validation_metrics(batch).items():
+            self.log(name, value, on_epoch=True, prog_bar=True, batch_size=size)
 
     def configure_optimizers(self):
         return _optimizer_and_schedule(self.model.parameters(), self.train_config, self.steps_per_epoch)
@@ -103,21 +106,35 @@ def _optimizer_and_schedule(params, train: TrainConfig, steps_per_epoch: int):
         extra["fused"] = True  # one kernel for all tensors: the per-tensor loop dominates small models' steps
     optimizer = kinds[train.optimizer](params, lr=train.lr, weight_decay=train.weight_decay, **extra)
     by_step = train.max_steps > 0
-    if train.scheduler == "none":
+    name, kwargs = train.scheduler, dict(train.scheduler_kwargs)
+    interval = train.scheduler_interval or ("step" if by_step else "epoch")
+    if name == "none":
         return optimizer
-    if train.scheduler == "halve_per_epoch":
+    if name == "halve_per_epoch":
         # thuml's `type1` sets lr0 * 0.5 ** (e - 1) after epoch e (1-based): epochs 0 and 1 both run at lr0.
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 ** max(0, e - 1))
         interval = "epoch"
-    elif train.scheduler == "multistep":
-        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, train.milestones, gamma=train.gamma)
-        interval = "step" if by_step else "epoch"
-    elif train.scheduler == "cosine":
+    elif name == "multistep":  # shorthand for MultiStepLR with train.milestones / train.gamma
+        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, train.milestones, gamma=train.gamma, **kwargs)
+    elif name == "cosine":  # shorthand for CosineAnnealingLR over the whole run, stepped per batch
         total = train.max_steps if by_step else train.epochs * steps_per_epoch
-        schedule, interval = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total)), "step"
-    else:
-        raise ValueError(f"train.scheduler: unknown {train.scheduler!r}; valid: none, halve_per_epoch, "
-                         f"multistep, cosine")
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **{"T_max": max(1, total), **kwargs})
+        interval = train.scheduler_interval or "step"
+    else:  # any torch scheduler by its class name, e.g. OneCycleLR, with train.scheduler_kwargs
+        valid = sorted(n for n in dir(torch.optim.lr_scheduler) if n.endswith("LR") and not n.startswith("_"))
+        cls = getattr(torch.optim.lr_scheduler, name, None)
+        if cls is None or name not in valid:
+            from mtp.registry import unknown_name_message
+
+            raise ValueError("train.scheduler: " + unknown_name_message(
+                "scheduler", name, ["none", "halve_per_epoch", "multistep", "cosine", *valid]))
+        from mtp.config import check_kwargs
+
+        check_kwargs(cls, {"optimizer": optimizer, **kwargs}, "train.scheduler_kwargs")
+        try:
+            schedule = cls(optimizer, **kwargs)
+        except TypeError as err:
+            raise ValueError(f"train.scheduler_kwargs for {name}: {err}") from None
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": interval}}
 
 
@@ -171,16 +188,17 @@ class EMA(L.Callback):
         self.decay, self.shadow = state["decay"], state["shadow"]
 
 
-def _callbacks(train: TrainConfig, ckpt_dir: Path, has_val: bool) -> list:
+def _callbacks(train: TrainConfig, ckpt_dir: Path, has_val: bool, monitor: tuple = ("val_loss", "min")) -> list:
     callbacks = [ReseedEachEpoch(train.seed)]
     every = {"every_n_train_steps": train.checkpoint_every_steps} if train.checkpoint_every_steps else {}
     # Without a monitor and with save_top_k=1, this rewrites last.ckpt at every epoch (or N steps).
     callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False, **every))
     if has_val:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_loss", mode="min",
+        name, mode = monitor
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=name, mode=mode,
                                          save_top_k=1, enable_version_counter=False))
         if train.patience:
-            callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=train.patience,
+            callbacks.append(EarlyStopping(monitor=name, mode=mode, patience=train.patience,
                                            min_delta=0.0, check_on_train_epoch_end=False))
     if train.ema_decay:
         callbacks.append(EMA(train.ema_decay))
@@ -228,7 +246,7 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress:
         pipe.model.eval()
         eval_started = time.perf_counter()
         with torch.no_grad():
-            metrics = pipe.evaluate_split(splits[split], recipe)
+            metrics = pipe.evaluate(splits[split], batch_size=recipe.eval.batch_size, **recipe.eval.options)
         result = {"task": recipe.task, "recipe": recipe.output.name, "split": split, "metrics": metrics,
                   "fit_seconds": round(fit_seconds, 2),
                   "eval_seconds": round(time.perf_counter() - eval_started, 2),
@@ -257,15 +275,17 @@ def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path |
         max_epochs=train.epochs if train.max_steps <= 0 else -1, max_steps=train.max_steps,
         accelerator=train.accelerator, devices=train.devices, strategy=train.strategy,
         num_nodes=train.num_nodes, precision=train.precision, gradient_clip_val=train.grad_clip,
-        callbacks=_callbacks(train, ckpt_dir, val_loader is not None),
+        callbacks=_callbacks(train, ckpt_dir, val_loader is not None, tuple(pipe.monitor)),
         logger=CSVLogger(ckpt_dir.parent, name="", version=_log_version(ckpt_dir.parent, resume_from)),
         default_root_dir=ckpt_dir.parent,
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=1.0 if val_loader is not None else 0, **val_every)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None)
+    # Checkpoints are read as tensors and plain containers only: a planted pickle payload cannot run.
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None,
+                weights_only=True)
     best = ckpt_dir / "best.ckpt"
     chosen = best if best.exists() else ckpt_dir / "last.ckpt"
-    state = torch.load(chosen, map_location="cpu", weights_only=False)
+    state = read_checkpoint(chosen)
     ema = state.get("callbacks", {}).get("EMA")
     weights = ema["shadow"] if ema and ema.get("shadow") else {
         k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}

@@ -22,12 +22,27 @@ def data_dir() -> Path | None:
     return Path(value) if value else None
 
 
+def weights_dirs() -> list[Path]:
+    """Folders searched for released weights before any download: $MTP_WEIGHTS_DIR (os.pathsep-separated)."""
+    value = os.environ.get("MTP_WEIGHTS_DIR")
+    return [Path(p) for p in value.split(os.pathsep) if p] if value else []
+
+
 def resolve_data_path(path: str | Path) -> Path:
     """A recipe's data path: absolute as given; relative ones under $MTP_DATA_DIR when it has them."""
     path = Path(os.path.expandvars(str(path))).expanduser()
     root = data_dir()
     if not path.is_absolute() and root is not None and (root / path).exists():
         return root / path
+    return path
+
+
+def resolve_data_root(root: str | Path, key: str) -> Path:
+    """A root the user gave (a recipe's data.root): honoured or an error naming it, never silently replaced."""
+    path = resolve_data_path(root)
+    if not path.exists():
+        where = f" or under $MTP_DATA_DIR ({data_dir()})" if data_dir() is not None and not Path(root).is_absolute() else ""
+        raise FileNotFoundError(f"{key}: {root} does not exist (looked for {path}{where})")
     return path
 
 
@@ -46,10 +61,17 @@ def atomic_path(path: str | Path, overwrite: bool = False):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str, overwrite: bool = True) -> Path:

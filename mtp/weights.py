@@ -47,10 +47,39 @@ def read_checkpoint(path: str | Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0] if str(err) else ''})") from err
+                           f"{safe_reason(err)}). mtp never unpickles arbitrary objects: a checkpoint must "
+                           f"hold tensors and plain containers only") from err
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: expected a dict of tensors (a state dict), found {type(obj).__name__}")
     return obj
+
+
+def safe_reason(err: BaseException) -> str:
+    """The first line of a loading error, without torch's advice to retry with weights_only=False (which
+    would run whatever code the file carries)."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "it contains objects other than tensors and plain containers"
+    return text
+
+
+def official_weights(spec, release: str) -> Path:
+    """The local file of a backbone's released weights: found under $MTP_WEIGHTS_DIR (or its family folder)
+    or the weights cache, else downloaded and checked; offline, the error names the file and where to put it."""
+    from mtp.files import DownloadError, cache_dir, weights_dirs
+
+    wanted = spec.release(release)
+    family = spec.family or spec.name
+    search = [d for root in weights_dirs() for d in (root / family, root)]
+    name = wanted.file_name
+    if wanted.url:
+        return fetch(wanted.url, "weights", sha256=wanted.sha256, filename=name, search_dirs=search)
+    for folder in [*search, cache_dir("weights")]:
+        if (folder / name).is_file():
+            return folder / name
+    places = ", ".join(str(d / name) for d in [*search, cache_dir("weights")])
+    raise DownloadError(f"{spec.name} {release}: {name} has no direct download; get it from {wanted.page} and put "
+                        f"it at one of: {places}")
 
 
 def extract_state_dict(obj: dict, key: str | None = None, source: str = "checkpoint") -> "OrderedDict":
@@ -141,7 +170,8 @@ def export(pipe, path: Path) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in pipe.model.state_dict().items()}
     with atomic_path(path, overwrite=True) as tmp:
         save_file(state, str(tmp))
-    sidecar = {"task": pipe.task, "backbone": pipe.backbone_name, "kwargs": pipe.model_kwargs,
+    kwargs = getattr(pipe.model, "init_config", None) or pipe.model_kwargs
+    sidecar = {"task": pipe.task, "backbone": pipe.backbone_name, "kwargs": kwargs,
                "options": pipe.config, "state": pipe.export_state()}
     write_text_atomic(path.with_suffix(".json"), json.dumps(sidecar, indent=2, default=str))
     return path
@@ -162,7 +192,7 @@ def read_export(weights) -> dict | None:
 
 def describe(path: str | Path) -> dict:
     """What a checkpoint holds: nesting, tensor count, parameters, dtypes, and the architecture if known."""
-    from mtp.registry import TASKS, import_object
+    from mtp.registry import BACKBONES, import_object
 
     path = resolve(path)
     raw = read_checkpoint(path)
@@ -176,15 +206,22 @@ def describe(path: str | Path) -> dict:
         "dtypes": sorted({str(v.dtype).replace("torch.", "") for v in state.values()}),
         "first_keys": list(state)[:5],
     }
-    for task in TASKS.entries():
-        detector = task.meta.get("detect")
-        if not detector:
-            continue
+    exported = read_export(path)
+    if exported:  # a model written by `mtp run` says what it is
+        info.update(task=exported.get("task"), tasks=[exported.get("task")], backbone=exported.get("backbone"),
+                    architecture=exported.get("kwargs"), sidecar=str(path.with_suffix(".json")))
+        return info
+    for detector in dict.fromkeys(spec.detect for spec in BACKBONES.entries() if spec.detect):
         try:
             arch = import_object(detector)(state)
         except (ValueError, KeyError):
             continue
         info["architecture"] = asdict(arch) if is_dataclass(arch) else arch
-        info["task"] = task.name
+        # The task follows from what the weights are, not from the first task that accepts them.
+        tasks = list(getattr(arch, "tasks", ()))
+        info["tasks"] = tasks
+        info["task"] = tasks[0] if len(tasks) == 1 else None
+        if getattr(arch, "backbone", None):
+            info["backbone"] = arch.backbone
         break
     return info

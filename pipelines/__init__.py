@@ -11,15 +11,12 @@ TASKS.register("jpeg_restoration", "mtp.pipelines.image_restoration.pipeline:JPE
 TASKS.register("forecasting", "mtp.pipelines.forecasting.pipeline:ForecastingPipeline", extra="timeseries",
                description="multivariate time-series forecasting (iTransformer, DLinear, PatchTST, ...)")
 
+# Metrics are streaming objects: update(prediction, target) per batch, compute() -> dict at the end.
 _IMG = "mtp.pipelines.image_restoration.metrics"
-METRICS.register("psnr", f"{_IMG}:psnr", tasks=["super_resolution", "denoising", "jpeg_restoration"],
+METRICS.register("psnr", f"{_IMG}:PSNRMetric", tasks=["super_resolution", "denoising", "jpeg_restoration"],
                  description="PSNR on Y (BT.601), border shaved; protocol basicsr (float Y) or matlab (uint8 Y)")
-METRICS.register("ssim", f"{_IMG}:ssim", tasks=["super_resolution", "denoising", "jpeg_restoration"],
+METRICS.register("ssim", f"{_IMG}:SSIMMetric", tasks=["super_resolution", "denoising", "jpeg_restoration"],
                  description="SSIM, 11x11 Gaussian window sigma 1.5, same protocols as psnr")
-_TS = "mtp.pipelines.forecasting.metrics"
-for _name, _desc in [("mse", "mean squared error on the normalised scale (papers' convention)"),
-                     ("mae", "mean absolute error on the normalised scale (papers' convention)"),
-                     ("rmse", "root mean squared error in original units"),
-                     ("mape", "mean absolute percentage error in original units"),
-                     ("mase", "mean absolute scaled error (seasonal naive on the training series)")]:
-    METRICS.register(_name, f"{_TS}:{_name}", tasks=["forecasting"], description=_desc)
+METRICS.register("forecast_errors", "mtp.pipelines.forecasting.metrics:ForecastMetrics", tasks=["forecasting"],
+                 description="mse/mae on the normalised scale (papers' convention); mae/rmse/mape/mase in "
+                             "original units")

@@ -3,7 +3,9 @@ own units (with future timestamps and a plot) for inference on CSVs, DataFrames 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -11,12 +13,38 @@ import torch
 import torch.nn.functional as F
 
 from mtp.config import check_kwargs
-from mtp.datasets.timeseries import StandardScaler, WindowDataset, load_frame, thuml_freq, time_features
-from mtp.engine import make_loader
-from mtp.files import atomic_path, resolve_data_path
+from mtp.datasets.forecasting import (StandardScaler, WindowDataset, load_frame, make_loader, make_splits,
+                                      thuml_freq, time_features)
+from mtp.files import atomic_path, resolve_data_path, resolve_data_root
 from mtp.pipeline import InputError, TaskPipeline
-from mtp.pipelines.forecasting.metrics import ForecastMetrics
 from mtp.registry import DATASETS
+
+
+@dataclass
+class ForecastOptions:
+    seq_len: int = 96                   # look-back window
+    pred_len: int = 96                  # horizon
+    label_len: int = 0                  # decoder warm-up span (Autoformer-style models)
+    features: str = "M"                 # M: all variates; S: the target only; MS: all in, the target scored
+    target: str = "OT"
+    date_col: str = "date"
+    freq: Optional[str] = None          # time-feature frequency letter (h, t, d, ...); None: inferred
+    columns: Optional[list] = None      # variates the model was trained on, in order; None: every numeric column
+    fill: Optional[str] = None          # "interpolate" fills NaN gaps; default rejects them
+    backtest: bool = False              # hold out the last pred_len rows as truth, forecast them, score and plot
+    plot: bool = True                   # write a PNG beside each forecast CSV
+    history_in_plot: int = 192
+
+    def validate(self):
+        if self.features not in ("M", "S", "MS"):
+            raise ValueError(f"features={self.features!r}: expected 'M', 'S' or 'MS'")
+        if self.fill not in (None, "interpolate"):
+            raise ValueError(f"fill={self.fill!r}: expected null or 'interpolate'")
+        for name in ("seq_len", "pred_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected a positive number of steps")
+        if self.label_len < 0 or self.history_in_plot < 0:
+            raise ValueError("label_len and history_in_plot must be 0 or more")
 
 
 class ForecastingPipeline(TaskPipeline):
@@ -24,20 +52,9 @@ class ForecastingPipeline(TaskPipeline):
     default_backbone = "itransformer"
     input_suffixes = (".csv",)
     train_drop_last = True  # thuml's training loader drops the last partial batch (training only)
-    options = {
-        "seq_len": 96,         # look-back window
-        "pred_len": 96,        # horizon
-        "label_len": 0,        # decoder warm-up span (Autoformer-style models)
-        "features": "M",       # M: all variates; S: the target only; MS: all in, the target scored
-        "target": "OT",
-        "date_col": "date",
-        "freq": None,          # time-feature frequency letter (h, t, d, ...); None: inferred
-        "columns": None,       # variates the model was trained on, in order; None: every numeric column
-        "fill": None,          # "interpolate" fills NaN gaps; default rejects them
-        "backtest": False,     # hold out the last pred_len rows as truth, forecast them, score and plot
-        "plot": True,          # write a PNG beside each forecast CSV
-        "history_in_plot": 192,
-    }
+    Options = ForecastOptions
+    metrics = ("forecast_errors",)
+    eval_batch_size = 256
 
     # ------------------------------------------------------------------ model
     def build_model(self, backbone, weights, **kwargs):
@@ -104,18 +121,33 @@ class ForecastingPipeline(TaskPipeline):
             need = seq_len + (pred_len if self.config["backtest"] else 0)
             raise InputError(f"{item['name']}: {len(item['values'])} rows, the model needs at least {need} "
                              f"(look-back {seq_len}{' + horizon' if self.config['backtest'] else ''})")
+        if self.scaler is not None and len(self.scaler.mean_) != values.shape[1]:
+            raise InputError(f"{item['name']}: {values.shape[1]} variates, the model was trained on "
+                             f"{len(self.scaler.mean_)}{' (' + ', '.join(self.config['columns']) + ')' if self.config['columns'] else ''}")
         # Scale with the training statistics when the model carries them; else with the input's own.
-        scaler = self.scaler if self.scaler is not None and len(self.scaler.mean_) == values.shape[1] \
-            else StandardScaler.fit(values)
+        scaler = self.scaler if self.scaler is not None else StandardScaler.fit(values)
         history = scaler.transform(values[-seq_len:])
         x_mark = future = None
         if dates is not None:
-            freq = self.config["freq"] or item.get("freq") or pd.infer_freq(dates[-seq_len:])
-            x_mark = torch.tensor(time_features(pd.Series(dates[-seq_len:]), thuml_freq(freq)), dtype=torch.float32)
-            future = pd.date_range(dates[-1], periods=pred_len + 1, freq=freq)[1:]
+            self._check_frequency(item)
+            data_freq = item.get("freq") or pd.infer_freq(dates[-seq_len:]) or self.config["freq"]
+            # Time features as in training (thuml's scripts use 'h' even for daily data); timestamps as the data's.
+            mark_freq = thuml_freq(self.config["freq"] or data_freq)
+            x_mark = torch.tensor(time_features(pd.Series(dates[-seq_len:]), mark_freq), dtype=torch.float32)
+            future = pd.date_range(dates[-1], periods=pred_len + 1, freq=data_freq)[1:]
         return {"x": torch.tensor(history, dtype=torch.float32), "x_mark": x_mark, "scaler": scaler,
                 "future": future, "truth": truth, "history": values[-self.config["history_in_plot"]:],
                 "history_dates": dates[-self.config["history_in_plot"]:] if dates is not None else None}
+
+    def _check_frequency(self, item) -> None:
+        """A model trained on hourly data gets hourly data: its time features and future timestamps assume it."""
+        trained = self.exported_state.get("data_freq")
+        given = item.get("freq")
+        if not trained or not given:
+            return
+        if pd.tseries.frequencies.to_offset(given) != pd.tseries.frequencies.to_offset(trained):
+            raise InputError(f"{item['name']}: rows are {given!r} apart, the model was trained on {trained!r} data; "
+                             f"resample the file to {trained!r} first (pandas: frame.resample({trained!r}).mean())")
 
     def forward(self, inputs: list[dict]) -> list:
         x = torch.stack([i["x"] for i in inputs]).to(self.device)
@@ -140,19 +172,27 @@ class ForecastingPipeline(TaskPipeline):
             result["metrics"] = {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
         return result
 
-    def output_path(self, relative: Path) -> Path:
-        return relative.with_name(relative.stem + "_forecast.csv")
+    def output_paths(self, relative: Path) -> list[Path]:
+        base = relative.with_name(self.stem(relative) + "_forecast")
+        paths = [base.with_suffix(".csv")]
+        if self.config["plot"]:
+            paths.append(base.with_suffix(".png"))
+        if self.config["backtest"]:
+            paths.append(base.with_name(base.name + "_metrics.json"))
+        return paths
 
-    def save(self, result: dict, path: Path, overwrite: bool) -> list[Path]:
-        written = []
-        if self.config["plot"]:  # the plot first: the CSV's presence marks the item as done
-            plot_path = path.with_suffix(".png")
-            with atomic_path(plot_path, overwrite=True) as tmp:
-                plot_forecast(result, self.config["target"], tmp)
-            written.append(plot_path)
-        with atomic_path(path, overwrite=overwrite) as tmp:
+    def save(self, result: dict, paths: list[Path], overwrite: bool) -> list[Path]:
+        import json
+
+        with atomic_path(paths[0], overwrite=overwrite) as tmp:
             result["forecast"].to_csv(tmp)
-        return [path, *written]
+        for path in paths[1:]:
+            with atomic_path(path, overwrite=overwrite) as tmp:
+                if path.suffix == ".png":
+                    plot_forecast(result, self.config["target"], tmp)
+                else:  # the backtest's scores in original units
+                    tmp.write_text(json.dumps({"input": result["name"], **result.get("metrics", {})}, indent=2))
+        return list(paths)
 
     # ------------------------------------------------------------------ training and evaluation
     @classmethod
@@ -168,13 +208,35 @@ class ForecastingPipeline(TaskPipeline):
                      recipe.output.name or "recipe")
         device = "cpu" if recipe.train is None or recipe.train.accelerator == "cpu" else "auto"
         pipe = cls(backbone=entry_name, weights=recipe.backbone.weights, device=device,
-                   backbone_kwargs=recipe.backbone.kwargs, **options)
+                   backbone_kwargs=recipe.backbone.kwargs, pretrained=False if recipe.train else None, **options)
         pipe.splits = splits
         pipe.scaler = splits.scaler
         return pipe
 
     def datasets(self, recipe) -> dict:
-        return {"train": self.splits.train, "val": self.splits.val, "test": self.splits.test}
+        """thuml's borders cut one series into train/val/test (scaled with train statistics); a split with its
+        own source in `data.splits` (another CSV) replaces that part, scaled with the same statistics."""
+        out = {"train": self.splits.train, "val": self.splits.val, "test": self.splits.test}
+        for split, own in recipe.data.splits.items():
+            if own.root is None and own.name is None:
+                continue
+            source = recipe.data.for_split(split)
+            path = resolve_data_root(source.root, f"data.splits.{split}.root") if source.root else None
+            if path is None or not path.is_file():
+                raise ValueError(f"data.splits.{split}.root: expected a CSV file for the {split} split")
+            out[split] = self._windows_from_file(path)
+        return out
+
+    def _windows_from_file(self, path: Path) -> WindowDataset:
+        frame = load_frame(path, self.config["date_col"], target=self.config["target"], fill=self.config["fill"])
+        missing = [c for c in self.splits.columns if c not in frame.columns]
+        if missing:
+            raise InputError(f"{path}: the training data has columns {missing} that this file lacks")
+        values = frame[list(self.splits.columns)].to_numpy(np.float64)
+        if self.splits.scaler is not None:
+            values = self.splits.scaler.transform(values)
+        marks = time_features(frame[self.config["date_col"]], self.splits.freq)
+        return WindowDataset(values, marks, self.config["seq_len"], self.config["pred_len"], self.config["label_len"])
 
     def _scored(self, out, y):
         """thuml: the loss and metrics use the horizon part, and only the target column for MS."""
@@ -185,11 +247,48 @@ class ForecastingPipeline(TaskPipeline):
         out = self._call_model(batch["x"], batch["x_mark"], batch["y_mark"])
         return F.mse_loss(*self._scored(out, batch["y"]))
 
-    def evaluate_split(self, dataset: WindowDataset, recipe) -> dict:
-        self.model.eval()
+    # ------------------------------------------------------------------ evaluation (the base class's loop)
+    def evaluation_dataset(self, data, split: str = "test"):
+        """A window dataset as it is; a registered name (ETTh1) or a CSV: thuml's split of it, scaled with its
+        own training part, as the benchmark protocol does."""
+        if not isinstance(data, (str, Path)):
+            return data
+        text = str(data)
+        from mtp.registry import DATASETS
+
+        name = text if text in DATASETS else None
+        path = resolve_data_path(text) if name is None else None
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"{data}: neither a registered dataset ({', '.join(DATASETS.names(tasks='forecasting'))}) "
+                                    f"nor a CSV file")
+        self.splits = make_splits(name or path, seq_len=self.config["seq_len"], pred_len=self.config["pred_len"],
+                                  label_len=self.config["label_len"], features=self.config["features"],
+                                  target=self.config["target"], freq=self.config["freq"],
+                                  date_col=self.config["date_col"], fill=self.config["fill"])
+        if self.config["columns"] and list(self.splits.columns) != list(self.config["columns"]):
+            raise InputError(f"{data}: columns {list(self.splits.columns)} differ from the model's "
+                             f"{self.config['columns']}")
+        parts = {"train": self.splits.train, "val": self.splits.val, "test": self.splits.test}
+        if split not in parts:
+            raise ValueError(f"split {split!r}: expected one of {', '.join(parts)}")
+        return parts[split]
+
+    def evaluation_loader(self, dataset, batch_size):
+        return make_loader(dataset, batch_size or self.eval_batch_size, shuffle=False)  # every window
+
+    def evaluation_step(self, batch) -> tuple:
+        out = self._call_model(batch["x"].to(self.device), batch["x_mark"].to(self.device),
+                               batch["y_mark"].to(self.device))
+        return self._scored(out.float().cpu(), batch["y"])
+
+    def metric_option_names(self) -> set:
+        return {"season"}
+
+    def metric_kwargs(self, name: str, options: dict) -> dict:
+        """Original units through the training scaler; MASE against the seasonal naive forecast of train."""
         first = -1 if self.config["features"] == "MS" else 0
-        scaler = self.splits.scaler
         channels = slice(first, None) if first else slice(None)
+        scaler = self.splits.scaler
 
         def inverse(values):
             if scaler is None:
@@ -197,15 +296,7 @@ class ForecastingPipeline(TaskPipeline):
             return values * scaler.scale_[channels] + scaler.mean_[channels]
 
         train_original = inverse(self.splits.train.data.numpy()[:, channels].astype(np.float64))
-        season = int(recipe.eval.options.get("season", 1))
-        metrics = ForecastMetrics(inverse=inverse, train=train_original, season=season)
-        loader = make_loader(dataset, recipe.eval.batch_size, shuffle=False)  # every window: no drop_last
-        with torch.inference_mode():
-            for batch in loader:
-                out = self._call_model(batch["x"].to(self.device), batch["x_mark"].to(self.device),
-                                       batch["y_mark"].to(self.device))
-                metrics.update(*self._scored(out.float().cpu(), batch["y"]))
-        return {**metrics.compute(), "windows": len(dataset)}
+        return {"inverse": inverse, "train": train_original, "season": int(options.get("season", 1))}
 
     def write_artifacts(self, run_dir: Path, splits: dict, recipe) -> list[Path]:
         """A plot of the first test window: history, forecast and truth of the target (original units)."""
@@ -229,7 +320,11 @@ class ForecastingPipeline(TaskPipeline):
         """What inference needs beside the weights: the training scaler (original units)."""
         if self.scaler is None:
             return {}
-        return {"scaler": {"mean": self.scaler.mean_.tolist(), "scale": self.scaler.scale_.tolist()}}
+        state = {"scaler": {"mean": self.scaler.mean_.tolist(), "scale": self.scaler.scale_.tolist()}}
+        dates = getattr(self, "splits", None) and self.splits.dates.get("train")
+        if dates is not None and len(dates) >= 3:
+            state["data_freq"] = pd.infer_freq(dates[: min(len(dates), 100)])
+        return state
 
 
 def _build_splits(data, path: str):
@@ -239,8 +334,8 @@ def _build_splits(data, path: str):
     if data.name == "csv":
         if not data.root:
             raise ValueError(f"{path}.root: the csv dataset needs the CSV file's path")
-        return entry.load()(resolve_data_path(data.root), **kwargs)
-    return entry.load()(root=resolve_data_path(data.root) if data.root else None, **kwargs)
+        return entry.load()(resolve_data_root(data.root, f"{path}.root"), **kwargs)
+    return entry.load()(root=resolve_data_root(data.root, f"{path}.root") if data.root else None, **kwargs)
 
 
 def plot_forecast(result: dict, target: str, path: Path) -> None:

@@ -165,3 +165,44 @@ def ssim(pred: np.ndarray, target: np.ndarray, crop_border: int = 0, protocol: s
     """
     a, b = _pair(pred, target, crop_border, protocol, test_y_channel)
     return float(np.mean([_ssim_single(a[..., c], b[..., c]) for c in range(a.shape[2])]))
+
+
+class ImageMetric:
+    """Streaming mean of a per-image score (registered in METRICS as ``psnr`` / ``ssim``).
+
+    ``update(prediction, targets)`` takes ``{"names": [...], "images": [...]}`` and the matching target
+    images; ``compute()`` gives the mean over every image, the protocol used, and the per-image scores.
+    """
+
+    score = staticmethod(psnr)
+    name = "psnr"
+
+    def __init__(self, crop_border: int = 0, protocol: str = "basicsr", test_y_channel: bool = True):
+        _check_protocol(protocol)
+        self.crop_border, self.protocol, self.test_y_channel = crop_border, protocol, test_y_channel
+        self.reset()
+
+    def reset(self) -> None:
+        self.per_image: dict[str, float] = {}
+
+    def update(self, prediction: dict, targets: list) -> None:
+        for name, pred, target in zip(prediction["names"], prediction["images"], targets):
+            self.per_image[name] = self.score(pred, target, crop_border=self.crop_border, protocol=self.protocol,
+                                              test_y_channel=self.test_y_channel)
+
+    def compute(self) -> dict:
+        if not self.per_image:
+            raise ValueError(f"{self.name}: compute() before any update()")
+        return {self.name: float(np.mean(list(self.per_image.values()))), "images": len(self.per_image),
+                "protocol": self.protocol, "crop_border": self.crop_border, "y_channel": self.test_y_channel,
+                f"per_image_{self.name}": dict(self.per_image)}
+
+
+class PSNRMetric(ImageMetric):
+    score = staticmethod(psnr)
+    name = "psnr"
+
+
+class SSIMMetric(ImageMetric):
+    score = staticmethod(ssim)
+    name = "ssim"

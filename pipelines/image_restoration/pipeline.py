@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Optional, Union
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from mtp.backbones import sr_detect
-from mtp.datasets.sr import HROnlyFolder, PairedImageFolder
+from mtp.datasets.image_restoration.folders import HROnlyFolder, PairedImageFolder
 from mtp.pipelines.image_restoration import metrics as image_metrics
-from mtp.pipelines.image_restoration.image_io import (
+from mtp.datasets.image_restoration.image_io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
     read_image,
@@ -32,9 +33,8 @@ from mtp.pipelines.image_restoration.tiling import (
 )
 
 from mtp.config import check_kwargs
-from mtp.files import resolve_data_path
+from mtp.files import resolve_data_root
 from mtp.pipeline import InputError, TaskPipeline
-from mtp.registry import DATASETS, UnknownNameError
 from mtp.weights import WeightsError, compare, load_into, load_state_dict_file
 
 log = logging.getLogger("mtp.image_restoration")
@@ -63,6 +63,46 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+@dataclass
+class RestorationOptions:
+    scale: Optional[int] = None          # super-resolution factor; with weights it is read from them
+    tile: Union[int, str, None] = "auto"  # input tile side in pixels, "auto" (from max_memory) or None (whole image)
+    tile_overlap: int = 16               # input pixels shared by neighbouring tiles
+    max_memory: Optional[float] = None   # bytes for one tile's activations; default 1.5 GiB on CPU, half of free CUDA
+    self_ensemble: bool = False          # x8 flips/rotations averaged
+    output_format: Optional[str] = None  # e.g. "png": change the output extension; None keeps the input's
+    min_size: int = 2                    # smaller inputs are rejected (a 1x1 image cannot be reflect-padded)
+    max_pixels: Optional[int] = None     # larger inputs are rejected before decoding; None: what memory holds
+
+    def validate(self):
+        if self.tile is not None and self.tile != "auto" and (not isinstance(self.tile, int) or self.tile < 8):
+            raise ValueError(f"tile={self.tile!r}: expected 'auto', null (whole image) or a side of at least 8 pixels")
+        if self.tile_overlap < 0:
+            raise ValueError(f"tile_overlap={self.tile_overlap}: expected 0 or more pixels")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ValueError(f"max_memory={self.max_memory}: expected a positive number of bytes")
+        if self.output_format is not None and "." + self.output_format.lstrip(".").lower() not in IMAGE_EXTENSIONS:
+            raise ValueError(f"output_format={self.output_format!r}: expected one of "
+                             f"{', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}")
+        if self.min_size < 1 or (self.max_pixels is not None and self.max_pixels < 1):
+            raise ValueError("min_size and max_pixels must be positive")
+
+
+@dataclass
+class DenoisingOptions(RestorationOptions):
+    sigma: float = 25                    # noise level (0-255 scale) when evaluating on clean images
+
+
+@dataclass
+class JPEGOptions(RestorationOptions):
+    quality: int = 10                    # JPEG quality when evaluating on clean images
+
+    def validate(self):
+        super().validate()
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality={self.quality}: expected 1-100")
+
+
 class ImageRestorationPipeline(TaskPipeline):
     """Shared by all image-to-image tasks; subclasses fix the scale rule and the degradation."""
 
@@ -70,16 +110,8 @@ class ImageRestorationPipeline(TaskPipeline):
     max_batch_items = 1  # images differ in size; tiles give the parallelism
     default_backbone = "hat"
     scales: ClassVar[tuple] = (1,)
-    options = {
-        "scale": None,           # super-resolution factor; with weights it is read from them
-        "tile": "auto",          # input tile side in pixels, "auto" (from max_memory) or None (whole image)
-        "tile_overlap": 16,      # input pixels shared by neighbouring tiles
-        "max_memory": None,      # bytes for one tile's activations; default 1.5 GiB on CPU, half of free CUDA memory
-        "self_ensemble": False,  # x8 flips/rotations averaged
-        "output_format": None,   # e.g. "png": change the output extension; None keeps the input's
-        "min_size": 2,           # smaller inputs are rejected (a 1x1 image cannot be reflect-padded)
-        "max_pixels": None,      # larger inputs are rejected before decoding; None: what available memory holds
-    }
+    metrics = ("psnr", "ssim")
+    Options = RestorationOptions
 
     # ------------------------------------------------------------------ model
     def build_model(self, backbone, weights, **kwargs):
@@ -113,6 +145,10 @@ class ImageRestorationPipeline(TaskPipeline):
         load_into(model, state, source=source)
         self.arch, self.model_kwargs = arch, dict(arch.kwargs)
         return model
+
+    def official_release(self, spec, options: dict) -> str:
+        scale = options.get("scale") or self.scales[-1]
+        return f"x{scale}" if f"x{scale}" in spec.weights else super().official_release(spec, options)
 
     @property
     def scale(self) -> int:
@@ -167,7 +203,7 @@ class ImageRestorationPipeline(TaskPipeline):
             gray = scaled.ndim == 2
             rgb = np.repeat(scaled[..., None], 3, axis=2) if gray else scaled[..., :3]
             alpha = scaled[..., 3] if not gray and scaled.shape[2] == 4 else None
-            from mtp.pipelines.image_restoration.image_io import Image
+            from mtp.datasets.image_restoration.image_io import Image
             return Image(rgb=np.ascontiguousarray(rgb), alpha=alpha, bit_depth=depth, is_gray=gray, path=Path("<array>"))
         raise InputError(f"{self.task}: expected an image path or a numpy array, got {type(source).__name__}")
 
@@ -197,11 +233,12 @@ class ImageRestorationPipeline(TaskPipeline):
             alpha = np.clip(cv2.resize(alpha, rgb.shape[1::-1], interpolation=cv2.INTER_CUBIC), 0, 1)
         return {"rgb": rgb, "alpha": alpha, "bit_depth": item.bit_depth, "is_gray": item.is_gray}
 
-    def output_path(self, relative: Path) -> Path:
+    def output_paths(self, relative: Path) -> list[Path]:
         fmt = self.config["output_format"]
-        return relative.with_suffix("." + fmt.lstrip(".")) if fmt else relative
+        return [relative.with_name(self.stem(relative) + "." + fmt.lstrip(".")) if fmt else relative]
 
-    def save(self, result: dict, path: Path, overwrite: bool) -> list[Path]:
+    def save(self, result: dict, paths: list[Path], overwrite: bool) -> list[Path]:
+        (path,) = paths
         depth = result["bit_depth"]
         if depth == 16 and path.suffix.lower() in (".jpg", ".jpeg", ".webp", ".bmp"):
             depth = 8  # the format cannot hold more
@@ -209,35 +246,35 @@ class ImageRestorationPipeline(TaskPipeline):
                             is_gray=result["is_gray"], overwrite=overwrite)]
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, data, protocol: str = "basicsr", crop_border: int | None = None,
-                 test_y_channel: bool = True, limit: int | None = None) -> dict:
-        """PSNR/SSIM over a test set: a paired folder (Set5 `image_SRF_s`, DIV2K layout) or HR-only images
-        degraded by the task. Outputs are rounded to the input's bit depth first, as saved files are."""
-        dataset = self._eval_dataset(Path(data)) if isinstance(data, (str, Path)) else data
-        crop = self.scale if crop_border is None else crop_border
-        totals = {"psnr": 0.0, "ssim": 0.0}
-        per_image = {}
-        count = len(dataset) if limit is None else min(limit, len(dataset))
-        for index in range(count):
-            sample = dataset[index]
+    def evaluation_dataset(self, data, split: str = "test"):
+        """A paired folder (Set5 `image_SRF_s`, DIV2K layout), HR-only images degraded by the task, or a dataset."""
+        return self._eval_dataset(Path(data)) if isinstance(data, (str, Path)) else data
+
+    def evaluation_loader(self, dataset, batch_size):
+        from torch.utils.data import DataLoader
+
+        return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=lambda batch: batch)  # sizes differ
+
+    def evaluation_step(self, batch) -> tuple:
+        """Outputs are rounded to 8 bits first, as saved files are; metrics compare uint8 RGB images."""
+        names, preds, gts = [], [], []
+        for sample in batch:
             out = self.restore(sample["lq"][None])[0].permute(1, 2, 0).cpu().numpy()
-            pred = np.round(out * 255.0).astype(np.uint8)
-            gt = np.round(np.clip(sample["gt"].permute(1, 2, 0).numpy(), 0, 1) * 255.0).astype(np.uint8)
-            scores = {name: float(getattr(image_metrics, name)(pred, gt, crop_border=crop, protocol=protocol,
-                                                               test_y_channel=test_y_channel))
-                      for name in totals}
-            per_image[sample["name"]] = scores
-            for name in totals:
-                totals[name] += scores[name]
-        if count == 0:
-            raise InputError(f"{data}: no images to evaluate")
-        result = {name: total / count for name, total in totals.items()}
-        result.update(images=count, protocol=protocol, crop_border=crop, y_channel=test_y_channel,
-                      per_image=per_image)
-        return result
+            preds.append(np.round(out * 255.0).astype(np.uint8))
+            gts.append(np.round(np.clip(sample["gt"].permute(1, 2, 0).numpy(), 0, 1) * 255.0).astype(np.uint8))
+            names.append(sample["name"])
+        return {"names": names, "images": preds}, gts
+
+    def metric_option_names(self) -> set:
+        return {"protocol", "crop_border", "test_y_channel"}
+
+    def metric_kwargs(self, name: str, options: dict) -> dict:
+        crop = options.get("crop_border")
+        return {"crop_border": self.scale if crop is None else crop, "protocol": options.get("protocol", "basicsr"),
+                "test_y_channel": options.get("test_y_channel", True)}
 
     def _eval_dataset(self, folder: Path):
-        folder = resolve_data_path(folder)
+        folder = resolve_data_root(folder, "data")
         if self.scale == 1:  # restoration: clean images degraded here (an LR partner has another size)
             return self.clean_folder_dataset(folder, seed=0)
         return PairedImageFolder(folder, scale=self.scale)
@@ -258,7 +295,8 @@ class ImageRestorationPipeline(TaskPipeline):
         # (a x2 model starts x3/x4 training); evaluation reads architecture and scale from the weights.
         finetune = recipe.train is not None and recipe.backbone.weights
         pipe = cls(backbone=recipe.backbone.name, weights=None if finetune else recipe.backbone.weights,
-                   device=device, backbone_kwargs=recipe.backbone.kwargs, **recipe.options)
+                   device=device, backbone_kwargs=recipe.backbone.kwargs,
+                   pretrained=False if recipe.train else None, **recipe.options)
         if finetune:
             pipe.init_from(recipe.backbone.weights)
         return pipe
@@ -279,34 +317,13 @@ class ImageRestorationPipeline(TaskPipeline):
             log.info("%s: scale-specific upsampler tensors not loaded into the x%d model: %s", source, self.scale,
                      ", ".join(misfits))
 
-    def datasets(self, recipe) -> dict:
-        splits = {}
-        wanted = set(recipe.data.splits) | {recipe.eval.split} | ({"train"} if recipe.train else set())
-        for split in sorted(wanted):
-            source = recipe.data.for_split(split)
-            if not source.name:
-                raise ValueError(f"data.splits.{split}.name: no dataset given for the {split} split")
-            try:
-                builder = DATASETS.get(source.name)
-            except UnknownNameError as err:
-                raise UnknownNameError(f"data.splits.{split}.name: {err}") from None
-            if source.root is None:
-                raise ValueError(f"data.splits.{split}.root: {self.task} needs an image folder")
-            kwargs = dict(source.kwargs)
-            check_kwargs(builder.load(), kwargs, f"data.splits.{split}.kwargs")
-            if kwargs.get("lr_dir") is not None:  # a second folder, looked up like the root
-                kwargs["lr_dir"] = resolve_data_path(kwargs["lr_dir"])
-            kwargs.setdefault("scale", self.scale)
-            splits[split] = builder.load()(resolve_data_path(source.root), **{**builder.kwargs, **kwargs})
-        return splits
+    def dataset_kwargs(self, split: str) -> dict:
+        return {"scale": self.scale}
 
     def training_loss(self, batch):
         # Padding to the window multiple (then cropping) lets any patch size train, as at inference.
         out = tiled_forward(self.model, batch["lq"], self.scale, size_multiple=self.size_multiple)
         return F.l1_loss(out, batch["gt"])
-
-    def evaluate_split(self, dataset, recipe) -> dict:
-        return self.evaluate(dataset, **recipe.eval.options)
 
 
 class SuperResolutionPipeline(ImageRestorationPipeline):
@@ -318,7 +335,7 @@ class DenoisingPipeline(ImageRestorationPipeline):
     """Colour Gaussian denoising; `sigma` (0-255 scale) is used when evaluating on clean images."""
 
     task = "denoising"
-    options = {**ImageRestorationPipeline.options, "sigma": 25}
+    Options = DenoisingOptions
 
     def clean_folder_dataset(self, folder, **kwargs):
         return HROnlyFolder(folder, degradation="noise", sigma=self.config["sigma"], **kwargs)
@@ -328,7 +345,7 @@ class JPEGRestorationPipeline(ImageRestorationPipeline):
     """JPEG artefact removal; `quality` (10-40) is used when evaluating on clean images."""
 
     task = "jpeg_restoration"
-    options = {**ImageRestorationPipeline.options, "quality": 10}
+    Options = JPEGOptions
 
     def clean_folder_dataset(self, folder, **kwargs):
         return HROnlyFolder(folder, degradation="jpeg", quality=self.config["quality"], **kwargs)

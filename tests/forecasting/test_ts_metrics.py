@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtp.datasets.timeseries import make_loader, make_splits
+from mtp.datasets.forecasting import make_loader, make_splits
 from mtp.pipelines.forecasting import metrics as fm
 
 

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mtp.pipelines.image_restoration.image_io import (IMAGE_EXTENSIONS, ImageReadError, declared_size, read_image,
+from mtp.datasets.image_restoration.image_io import (IMAGE_EXTENSIONS, ImageReadError, declared_size, read_image,
                                                       write_image)
 
 

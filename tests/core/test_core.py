@@ -50,8 +50,12 @@ def test_unknown_names_list_valid_ones_and_the_closest():
 def test_unknown_task_option_names_the_closest(tmp_path):
     from mtp import Pipeline
 
-    with pytest.raises(UnknownNameError, match="option"):
+    from mtp.pipeline import OptionError
+
+    with pytest.raises(OptionError, match="unknown key 'bogus_option'"):
         Pipeline("forecasting", backbone="dlinear", bogus_option=3)
+    with pytest.raises(OptionError, match="Did you mean 'pred_len'"):
+        Pipeline("forecasting", backbone="dlinear", pred_lne=3)
 
 
 # ---------------------------------------------------------------------------------------------- recipes
@@ -114,7 +118,7 @@ def test_check_kwargs_points_at_the_recipe_key():
 def test_every_shipped_recipe_validates():
     from pathlib import Path
 
-    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    recipes = sorted((Path(__file__).parents[2] / "recipes").rglob("*.yaml"))
     assert recipes
     for path in recipes:
         recipe = load_recipe(path)

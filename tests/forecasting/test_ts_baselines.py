@@ -10,7 +10,7 @@ from mtp.backbones import itransformer as itr
 from mtp.backbones.autoformer import AutoCorrelation, Autoformer
 from mtp.backbones.dlinear import DLinear, MovingAverage
 from mtp.backbones.patchtst import PatchTST
-from mtp.datasets.timeseries import make_loader, make_splits
+from mtp.datasets.forecasting import make_loader, make_splits
 
 torch.set_num_threads(1)
 
@@ -174,7 +174,7 @@ def test_autoformer_trains(batch):
 
 @pytest.fixture(scope="module")
 def pf_data(etth1):
-    from mtp.datasets.timeseries import LongFormatData, wide_to_long
+    from mtp.datasets.forecasting import LongFormatData, wide_to_long
     long = wide_to_long(etth1.train.data.numpy(), etth1.columns)
     return {relative: LongFormatData(long, series_col="series", time_col="time_idx", target="value", seq_len=96,
                                      pred_len=24, target_normalizer=None, add_relative_time_idx=relative)

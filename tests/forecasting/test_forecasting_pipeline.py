@@ -11,7 +11,7 @@ from mtp import Pipeline
 from mtp.config import load_recipe
 from mtp.pipeline import InputError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ETT_COLUMNS = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
 
 
@@ -22,7 +22,7 @@ def trained(tmp_path_factory, data_dir):
 
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("runs")
-    recipe = load_recipe(REPO / "recipes" / "ett_itransformer.yaml",
+    recipe = load_recipe(REPO / "recipes" / "forecasting" / "ett_itransformer.yaml",
                          ["backbone.name=dlinear", "backbone.kwargs={}", "train.epochs=1", f"output.dir={out}",
                           f"data.root={data_dir / 'ett'}", "output.plots=false"])
     result = engine.run(recipe, progress=False)

@@ -97,7 +97,7 @@ def test_bad_input_is_named():
 
 
 def test_trains_on_real_etth1(data_dir):
-    from mtp.datasets.timeseries import make_loader, make_splits
+    from mtp.datasets.forecasting import make_loader, make_splits
     torch.manual_seed(0)
     torch.set_num_threads(1)
     splits = make_splits("ETTh1", root=data_dir / "ett", seq_len=96, pred_len=96)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mtp.datasets import timeseries as ts
+from mtp.datasets import forecasting as ts
 from mtp.files import DownloadError
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mtp.datasets.sr import HROnlyFolder, PairedImageFolder
-from mtp.pipelines.image_restoration.image_io import read_image, write_image
-from mtp.pipelines.image_restoration.matlab_resize import imresize
+from mtp.datasets.image_restoration.folders import HROnlyFolder, PairedImageFolder
+from mtp.datasets.image_restoration.image_io import read_image, write_image
+from mtp.datasets.image_restoration.matlab_resize import imresize
 
 
 def _uint8(tensor: torch.Tensor) -> np.ndarray:

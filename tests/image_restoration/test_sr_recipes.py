@@ -17,11 +17,11 @@ from safetensors.torch import save_file
 from mtp.cli import main
 from mtp.config import load_recipe
 from mtp.pipelines.image_restoration import metrics as image_metrics
-from mtp.pipelines.image_restoration.matlab_resize import imresize
+from mtp.datasets.image_restoration.matlab_resize import imresize
 from mtp.registry import BACKBONES, TASKS
 from mtp.weights import WeightsError
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "image_restoration"
 # A tiny HAT with every part (shifted HAB, OCAB, CAB); its fixed 64-channel upsampler is most of its 0.17M (x2).
 TINY_HAT = ("{embed_dim: 12, depths: [2], num_heads: [2], window_size: 8, compress_ratio: 2, squeeze_factor: 3, "
             "mlp_ratio: 1, drop_path_rate: 0.0}")
@@ -165,7 +165,7 @@ def test_finetune_weights_of_another_body_are_refused(data_env, tmp_path):
 
 def test_training_crops_change_every_epoch(data_dir):
     """T91 has 91 images: with the same crop every epoch a 800-step run would see only 91 patches."""
-    from mtp.datasets.sr import HROnlyFolder
+    from mtp.datasets.image_restoration.folders import HROnlyFolder
     from mtp.engine import make_loader
 
     # ten small images (Set5 x4 HR and LR files) keep it fast; the recipe's T91 folder behaves the same

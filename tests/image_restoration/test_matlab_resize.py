@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mtp.pipelines.image_restoration.matlab_resize import imresize
+from mtp.datasets.image_restoration.matlab_resize import imresize
 
 
 def _set5_pairs(data_dir, scale):

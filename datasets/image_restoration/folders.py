@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mtp.pipelines.image_restoration.image_io import IMAGE_EXTENSIONS, read_image
-from mtp.pipelines.image_restoration.matlab_resize import imresize
+from mtp.files import resolve_data_root
+from mtp.datasets.image_restoration.image_io import IMAGE_EXTENSIONS, read_image
+from mtp.datasets.image_restoration.matlab_resize import imresize
 
 DEGRADATIONS = ("bicubic", "noise", "jpeg")
 
@@ -140,7 +141,7 @@ class PairedImageFolder(_RestorationFolder):
             if not hr_files:
                 raise ValueError(f"{hr_dir}: without lr_dir the folder must hold *_HR / *_LR image pairs")
         else:
-            lr_dir = Path(lr_dir)
+            lr_dir = resolve_data_root(lr_dir, "lr_dir")  # relative: under $MTP_DATA_DIR, like the root
             if (lr_dir / f"X{scale}").is_dir():
                 lr_dir = lr_dir / f"X{scale}"
             lr_files = _list_images(lr_dir, "LR")

@@ -15,7 +15,7 @@ from mtp.pipelines.forecasting.pipeline import ForecastingPipeline
 
 torch.set_num_threads(1)
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "forecasting"
 FORECASTING = sorted(p for p in RECIPES.glob("*.yaml") if load_recipe(p).task == "forecasting")
 HORIZONS = (96, 192, 336, 720)
 
@@ -163,14 +163,14 @@ def test_dlinear_recipe_trains_one_epoch_end_to_end(tmp_path):
     recipe = load_recipe(RECIPES / "ett_dlinear.yaml",
                          ["train.epochs=1", "train.threads=1", f"output.dir={tmp_path}", "output.plots=false"])
     untrained = ForecastingPipeline.from_recipe(recipe)
-    before = untrained.evaluate_split(untrained.splits.test, recipe)
+    before = untrained.evaluate(untrained.splits.test)
 
     result = run(recipe, progress=False)
     run_dir = tmp_path / "ett_dlinear"
     written = json.loads((run_dir / "metrics.json").read_text())
     assert written["metrics"] == pytest.approx(result["metrics"])
     metrics = result["metrics"]
-    assert metrics["windows"] == 2785                        # every test window: 2880 rows + look-back - 96 - 96 + 1
+    assert metrics["samples"] == 2785                        # every test window: 2880 rows + look-back - 96 - 96 + 1
     assert math.isfinite(metrics["mse"]) and metrics["mse"] < 0.9 * before["mse"]
     assert metrics["mse"] < 0.5 and metrics["mae"] < before["mae"]
     rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from mtp.pipelines.image_restoration.image_io import read_image
+from mtp.datasets.image_restoration.image_io import read_image
 from mtp.pipelines.image_restoration.tiling import choose_tile_size, self_ensemble, tiled_forward
 
 

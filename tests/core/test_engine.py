@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "ett_itransformer.yaml"
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "recipes" / "forecasting" / "ett_itransformer.yaml"
 # A small iTransformer (with dropout, so the RNG matters) on ETTh1 with a short horizon.
 TINY = ["backbone.kwargs.d_model=16", "backbone.kwargs.d_ff=16", "backbone.kwargs.n_heads=2",
         "data.kwargs.pred_len=24", "train.batch_size=64", "train.threads=1", "eval.batch_size=512"]
@@ -44,8 +45,14 @@ def test_run_folder_and_same_seed_same_numbers(tmp_path, data_dir):
         assert (run / part).exists(), part
     assert "d_model: 16" in (run / "config.yaml").read_text()
     a, b = _metrics(tmp_path, "a"), _metrics(tmp_path, "b")
-    assert a == b and a["windows"] == 2785 + 96 - 24  # every test window, none dropped
+    assert a == b and a["samples"] == 2785 + 96 - 24  # every test window, none dropped
     assert 0 < a["mse"] < 1.5
+    # `mtp eval` on the exported model goes through the same evaluation loop and gives the same figures.
+    code, out, err = _run(["eval", "forecasting", "-w", str(run / "model.safetensors"), "-d", "ETTh1"],
+                          tmp_path, data_dir)
+    assert code == 0, err
+    evaluated = json.loads(out)  # its own batch size: sums in another order
+    assert evaluated == {k: pytest.approx(v, rel=1e-8) if isinstance(v, float) else v for k, v in a.items()}
 
 
 def test_validation_loss_is_the_mean_over_every_window(tmp_path, data_dir):
@@ -55,7 +62,7 @@ def test_validation_loss_is_the_mean_over_every_window(tmp_path, data_dir):
                          "output.name=v", "--quiet"], tmp_path, data_dir)
     assert code == 0, err
     metrics = _metrics(tmp_path, "v")
-    assert metrics["windows"] == 11520 - (8640 - 96) - 96 - 24 + 1
+    assert metrics["samples"] == 11520 - (8640 - 96) - 96 - 24 + 1
     with open(tmp_path / "runs" / "v" / "logs" / "metrics.csv", newline="") as f:
         logged = [float(row["val_loss"]) for row in csv.DictReader(f) if row["val_loss"]]
     assert len(logged) == 1

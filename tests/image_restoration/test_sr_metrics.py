@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mtp.pipelines.image_restoration.matlab_resize import imresize
+from mtp.datasets.image_restoration.matlab_resize import imresize
 from mtp.pipelines.image_restoration.metrics import psnr, rgb_to_y, ssim
 
 # Set5 bicubic baseline measured with the official MATLAB protocol (Y channel, border = scale).

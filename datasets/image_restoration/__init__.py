@@ -1,0 +1,1 @@
+"""Image restoration data: image reading and writing, MATLAB bicubic resize, paired and HR-only folders."""
