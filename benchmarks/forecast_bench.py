@@ -1,7 +1,7 @@
 """Forecasting training cost: `mtp run` on the ETTh1-96 iTransformer recipe, timed epoch by epoch.
 
-    python benchmarks/forecast_bench.py                                  # recipes/ett_itransformer.yaml, 2 threads
-    python benchmarks/forecast_bench.py --recipe recipes/ett_dlinear.yaml --threads 1 train.epochs=2
+    python benchmarks/forecast_bench.py                                  # recipes/forecasting/ett_itransformer.yaml, 2 threads
+    python benchmarks/forecast_bench.py --recipe recipes/forecasting/ett_dlinear.yaml --threads 1 train.epochs=2
 
 Prints one JSON line: seconds per training epoch (train batches only) and per epoch with its
 validation pass, fit / engine-total / process wall seconds, peak RSS of the run, the test MSE/MAE, the
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_RECIPE = REPO / "recipes" / "ett_itransformer.yaml"
+DEFAULT_RECIPE = REPO / "recipes" / "forecasting" / "ett_itransformer.yaml"
 
 # thuml/iTransformer run.py with scripts/multivariate_forecasting/ETT/iTransformer_ETTh1.sh (96), CPU,
 # 2 threads, this machine class. Its epochs also run a test pass, hence two per-epoch figures.

@@ -52,6 +52,12 @@ def main():
       mtp predict super_resolution --weights IMDN_x4.pth --input photos/ --output upscaled/
       mtp run recipes/ett_itransformer.yaml train.epochs=3
     """
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)  # warnings on the terminal; stdout holds only results
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logging.getLogger("mtp").addHandler(handler)
 
 
 @main.command()
@@ -59,8 +65,10 @@ def main():
 @click.argument("overrides", nargs=-1)
 @click.option("--resume", is_flag=True, help="Continue the run folder's last checkpoint (after a kill).")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run folder and start again.")
+@click.option("--allow-inexact-resume", is_flag=True,
+              help="Resume from a mid-epoch checkpoint although it is not bit-exact (recorded in metrics.json).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def run(recipe, overrides, resume, overwrite, quiet):
+def run(recipe, overrides, resume, overwrite, allow_inexact_resume, quiet):
     """Train and evaluate RECIPE (a YAML file, or a recipe's name from `mtp list recipes`); OVERRIDES are
     KEY=VALUE with dotted keys, e.g. train.lr=3e-4.
 
@@ -71,9 +79,10 @@ def run(recipe, overrides, resume, overwrite, quiet):
     config = load_recipe(recipe, list(overrides))
     from mtp import engine
 
-    result = engine.run(config, resume=resume, overwrite=overwrite, progress=not quiet)
+    result = engine.run(config, resume=resume, overwrite=overwrite, progress=not quiet,
+                        allow_inexact_resume=allow_inexact_resume)
     click.echo(json.dumps(result["metrics"], indent=2))
-    click.echo(f"run folder: {engine.run_dir_for(config)}")
+    click.echo(f"run folder: {engine.run_dir_for(config)}", err=True)
 
 
 @main.command()

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -209,13 +210,47 @@ def run_dir_for(recipe: Recipe) -> Path:
     return Path(recipe.output.dir) / recipe.output.name
 
 
-def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+# Keys a resumed run may change: they affect speed, not the numbers.
+RESUME_MAY_CHANGE = ("train.threads", "train.num_workers")
+
+
+def _differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new), key=str)
+                for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def check_resume(recipe: Recipe, run_dir: Path) -> None:
+    """A resumed run continues the recorded one: its config.yaml, not different overrides that would rewrite
+    the record as if the whole run had used them."""
+    from mtp.config import RecipeError
+
+    recorded = run_dir / "config.yaml"
+    if not recorded.is_file():
+        return
+    old = yaml.safe_load(recorded.read_text()) or {}
+    new = yaml.safe_load(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    changed = [d for d in _differences(old, new) if d[0] not in RESUME_MAY_CHANGE]
+    if changed:
+        lines = "\n".join(f"  {key}: {a!r} in the run, {b!r} now" for key, a, b in changed[:10])
+        raise RecipeError(f"--resume: {run_dir} was run with another configuration:\n{lines}\nResume it as it was "
+                          f"recorded (its config.yaml), or start a new run (output.name=...) with the new values")
+
+
+def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress: bool = True,
+        allow_inexact_resume: bool = False) -> dict:
     """Train (if the recipe has a `train` section) and evaluate; return what is written to metrics.json."""
     run_dir = run_dir_for(recipe)
     last = run_dir / "checkpoints" / "last.ckpt"
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
         raise FileExistsError(f"run folder {run_dir} already exists: pass --resume to continue it, --overwrite "
                               f"to start again, or output.name=... for a new folder")
+    if resume and not last.exists():
+        log.warning("--resume: %s has no checkpoint (%s); starting the run from the beginning",
+                    run_dir if run_dir.exists() else f"no run folder {run_dir}", last)
+    if resume:
+        check_resume(recipe, run_dir)
     started = time.perf_counter()
     train = recipe.train
     if train and train.threads:
@@ -233,6 +268,9 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress:
     with _log_to_file(run_dir / "run.log"):
         if resume and not last.exists():
             log.warning("--resume: no %s yet, starting from the beginning", last)
+        resumed = None
+        if train and resume and last.exists():
+            resumed = _resume_point(last, splits, recipe, allow_inexact_resume, pipe.train_drop_last)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         fit_seconds = 0.0
         if train:
@@ -243,11 +281,13 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress:
             from mtp.weights import export
 
             export(pipe, run_dir / "model.safetensors")
+            pipe.untrained = False
         pipe.model.eval()
         eval_started = time.perf_counter()
         with torch.no_grad():
             metrics = pipe.evaluate(splits[split], batch_size=recipe.eval.batch_size, **recipe.eval.options)
         result = {"task": recipe.task, "recipe": recipe.output.name, "split": split, "metrics": metrics,
+                  **({"resumed_from": resumed} if resumed else {}),
                   "fit_seconds": round(fit_seconds, 2),
                   "eval_seconds": round(time.perf_counter() - eval_started, 2),
                   "total_seconds": round(time.perf_counter() - started, 2)}
@@ -256,6 +296,29 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress:
         write_text_atomic(run_dir / "metrics.json", json.dumps(result, indent=2))
         log.info("metrics: %s", json.dumps(metrics))
     return result
+
+
+def _resume_point(last: Path, splits: dict, recipe: Recipe, allow_inexact: bool, drop_last: bool) -> dict:
+    """Where a resume starts. From an epoch boundary it is bit-exact (data order and dropout are functions of
+    (seed, epoch)); from a mid-epoch checkpoint (train.checkpoint_every_steps) it is not: the global RNG inside
+    the epoch is not restored and the epoch's logged loss covers only the batches after the resume. That is
+    refused unless the caller accepts it (--allow-inexact-resume), and then recorded."""
+    from mtp.config import RecipeError
+
+    state = read_checkpoint(last)
+    steps = len(make_loader(splits["train"], recipe.train.batch_size, shuffle=False,
+                            drop_last=drop_last))  # batches per epoch (the shuffle does not change the count)
+    progress = state.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {}).get("current", {})
+    done = int(progress.get("completed", 0) or 0)
+    point = {"checkpoint": str(last), "epoch": int(state.get("epoch", 0)), "global_step": int(state.get("global_step", 0)),
+             "mid_epoch": 0 < done % max(1, steps) if done else False}
+    if point["mid_epoch"]:
+        if not allow_inexact:
+            raise RecipeError(f"--resume: {last} was saved mid-epoch (batch {done} of {steps}); resuming there does "
+                              f"not give the numbers of an uninterrupted run. Pass --allow-inexact-resume to continue "
+                              f"anyway (recorded in metrics.json), or resume from an epoch checkpoint")
+        log.warning("resuming mid-epoch from %s (batch %d of %d): not bit-exact", last, done, steps)
+    return point
 
 
 def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path | None, progress: bool):
@@ -281,8 +344,10 @@ def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path |
         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         limit_val_batches=1.0 if val_loader is not None else 0, **val_every)
     # Checkpoints are read as tensors and plain containers only: a planted pickle payload cannot run.
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None,
-                weights_only=True)
+    # Lightning's progress bars write to stdout; stdout is kept for the result JSON.
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None,
+                    weights_only=True)
     best = ckpt_dir / "best.ckpt"
     chosen = best if best.exists() else ckpt_dir / "last.ckpt"
     state = read_checkpoint(chosen)

@@ -224,7 +224,6 @@ class TaskPipeline:
                        f"weights and will give meaningless outputs; pass weights=... (a checkpoint, or "
                        f"'official'), or pretrained=False if an untrained model is what you want")
             warnings.warn(message, UntrainedModelWarning, stacklevel=3)
-            log.warning(message)
         if self.model is not None:
             self.model.to(device=self.device, dtype=self.dtype).eval()
 
@@ -651,6 +650,8 @@ class TaskPipeline:
         wanted = set(recipe.data.splits) | {recipe.eval.split} | ({"train"} if recipe.train else set())
         for split in sorted(wanted | ({"val"} if recipe.train else set())):
             source = recipe.data.for_split(split)
+            if not source.name and split not in wanted:
+                continue
             if not source.name:
                 raise ValueError(f"data.splits.{split}.name: no dataset given for the {split} split")
             entry = DATASETS.get(source.name)

@@ -20,7 +20,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mtp.files import resolve_data_root
-from mtp.datasets.image_restoration.image_io import IMAGE_EXTENSIONS, read_image
+from mtp.pipeline import InputError
+from mtp.datasets.image_restoration.image_io import IMAGE_EXTENSIONS, declared_size, read_image
 from mtp.datasets.image_restoration.matlab_resize import imresize
 
 DEGRADATIONS = ("bicubic", "noise", "jpeg")
@@ -152,6 +153,21 @@ class PairedImageFolder(_RestorationFolder):
             raise ValueError(f"{len(missing)} HR image(s) have no LR partner in {where} "
                              f"(looked for the same name, name_LR or name x{scale}): {missing[:5]}")
         self.pairs = [(lr_by_key[_lr_key(p.stem, scale)], p) for p in hr_files]
+        self._check_scale(scale)
+
+    def _check_scale(self, scale: int) -> None:
+        """The folder's LR/HR size ratio must be the model's scale: x2 weights on x4 pairs fail here, up front,
+        read from the first pair's headers."""
+        lr_path, hr_path = self.pairs[0]
+        sizes = [declared_size(p.read_bytes()[:1 << 16], p.suffix) for p in (lr_path, hr_path)]
+        if None in sizes:
+            return  # a header that does not say: __getitem__ checks the decoded sizes
+        (lh, lw), (hh, hw) = sizes
+        if not (lh * scale <= hh < (lh + 1) * scale and lw * scale <= hw < (lw + 1) * scale):
+            ratio = f"x{hh / lh:.3g}" if lh else "?"
+            raise InputError(f"{hr_path.parent}: HR {hr_path.name} is {hh}x{hw} and LR {lr_path.name} is {lh}x{lw} "
+                             f"({ratio}), but the model is x{scale}; use x{round(hh / lh) if lh else '?'} weights or "
+                             f"the folder of x{scale} pairs")
 
     def __len__(self) -> int:
         return len(self.pairs)

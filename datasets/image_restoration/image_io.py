@@ -247,6 +247,31 @@ def declared_size(data: bytes, suffix: str) -> tuple[int, int] | None:
     return None
 
 
+def exif_orientation(data: bytes) -> int:
+    """The EXIF Orientation tag (1-8) of an encoded image, 1 when it has none (read with Pillow)."""
+    if b"exif" not in data[:1 << 17].lower() and data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return 1  # no EXIF block (JPEG APP1 "Exif", PNG "eXIf", WebP "EXIF") and not a TIFF
+    import io
+
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(io.BytesIO(data)) as img:
+            value = img.getexif().get(0x0112, 1)
+    except Exception:  # an unreadable EXIF block leaves the pixels as decoded
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels upright for EXIF orientation 1-8 (2/4 mirror, 3 rotate 180, 5/7 transpose/transverse,
+    6 rotate 90 clockwise, 8 rotate 90 counter-clockwise)."""
+    turned = {1: pixels, 2: pixels[:, ::-1], 3: pixels[::-1, ::-1], 4: pixels[::-1],
+              5: pixels.swapaxes(0, 1), 6: np.rot90(pixels, -1), 7: np.rot90(pixels, 2).swapaxes(0, 1),
+              8: np.rot90(pixels, 1)}[orientation]
+    return np.ascontiguousarray(turned)
+
+
 def read_image(path: str | os.PathLike, min_size: int = 1, max_pixels: int | None = None,
                max_pixels_reason: str = "") -> Image:
     """Read an 8/16-bit gray, RGB or RGBA image file.
@@ -283,6 +308,9 @@ def read_image(path: str | os.PathLike, min_size: int = 1, max_pixels: int | Non
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None:
         raise ImageReadError(f"{path}: OpenCV could not decode it; expected a {suffix} image")
+    # IMREAD_UNCHANGED ignores the EXIF orientation a phone writes: apply it here, so pixels are upright
+    # (outputs are written without EXIF, so the tag is dropped together with the rotation it described).
+    decoded = _apply_orientation(decoded, exif_orientation(data))
     if decoded.dtype == np.uint8:
         bit_depth, max_value = 8, 255.0
     elif decoded.dtype == np.uint16:

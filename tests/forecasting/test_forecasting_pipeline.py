@@ -95,3 +95,38 @@ def test_array_input_and_clear_errors(trained):
         pipe(42)
     with pytest.raises(InputError, match=r"\[time, variates\]"):
         pipe(np.zeros(10))
+
+
+def test_other_frequency_or_fewer_variates_are_refused(trained, data_dir, tmp_path):
+    pipe = Pipeline("forecasting", weights=str(trained))
+    frame = pd.read_csv(data_dir / "ett" / "ETTh1.csv", parse_dates=["date"]).iloc[-24 * 200:]
+    daily = frame.set_index("date").resample("D").mean().reset_index()
+    daily.to_csv(tmp_path / "daily.csv", index=False)
+    with pytest.raises(InputError, match=r"daily.csv: rows are 'D' apart, the model was trained on 'h' data"):
+        pipe(str(tmp_path / "daily.csv"))
+    with pytest.raises(InputError, match="6 variates, the model was trained on 7"):
+        pipe(np.random.default_rng(0).normal(size=(120, 6)))
+
+
+def test_cli_backtest_writes_its_scores(trained, data_dir, tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    src.mkdir()
+    pd.read_csv(data_dir / "ett" / "ETTh1.csv").iloc[-400:].to_csv(src / "site.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "mtp.cli", "predict", "forecasting", "-w", str(trained), "-i", str(src),
+                           "-o", str(tmp_path / "out"), "-O", "backtest=true", "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads((tmp_path / "out" / "site_forecast_metrics.json").read_text())
+    assert scores["input"].endswith("site.csv") and 0 < scores["mae"] < scores["rmse"] < 10
+    assert proc.stderr.count("\r") == 0 or "items done" not in proc.stderr  # the summary is on stdout
+    assert "items done" in proc.stdout
+
+
+def test_a_given_data_root_is_honoured(tmp_path):
+    from mtp.pipelines.forecasting.pipeline import ForecastingPipeline
+
+    recipe = load_recipe(REPO / "recipes" / "forecasting" / "ett_dlinear.yaml", [f"data.root={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match="data.root: .*nowhere does not exist"):
+        ForecastingPipeline.from_recipe(recipe)

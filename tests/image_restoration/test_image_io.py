@@ -202,3 +202,21 @@ def test_images_over_the_pixel_limit_fail_before_decoding(tmp_path, set5_png):
     huge.write_bytes(bytes(data))
     with pytest.raises(ImageReadError, match=r"huge.png: image is 60000x60000 \(3600.0 Mpixel\)"):
         read_image(huge, max_pixels=10 ** 8)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_pillow_does(tmp_path, orientation):
+    from PIL import Image as PILImage
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(orientation)
+    pixels = rng.integers(0, 256, (5, 8, 3), dtype=np.uint8)        # not square: rotations change the shape
+    image = PILImage.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.png"
+    image.save(path, exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(PILImage.open(path)).convert("RGB"))
+    got = read_image(path)
+    assert got.rgb.shape[:2] == expected.shape[:2]
+    np.testing.assert_array_equal(np.round(got.rgb * 255).astype(np.uint8), expected)

@@ -101,14 +101,14 @@ def test_paired_errors_name_the_problem(tmp_path, set5_x4):
     write_image(tmp_path / "DIV2K_train_HR" / "0003.png", np.zeros((40, 40, 3), np.float32))
     with pytest.raises(ValueError, match="0003.png"):
         PairedImageFolder(tmp_path / "DIV2K_train_HR", tmp_path / "DIV2K_train_LR_bicubic", scale=4)
-    # Same-name folders; an LR that is not HR / scale is caught when the item is loaded.
+    # Same-name folders; an LR that is not HR / scale is caught up front from the headers (and, for formats
+    # whose header does not say, when the item is loaded).
     lr = read_image(tmp_path / "DIV2K_train_LR_bicubic" / "X4" / "0001x4.png").rgb
     write_image(tmp_path / "lr_same_names" / "0001.png", lr)
     write_image(tmp_path / "hr_same_names" / "0001.png", read_image(tmp_path / "DIV2K_train_HR" / "0001.png").rgb)
     assert PairedImageFolder(tmp_path / "hr_same_names", tmp_path / "lr_same_names", scale=4)[0]["name"] == "0001"
-    dataset = PairedImageFolder(tmp_path / "hr_same_names", tmp_path / "lr_same_names", scale=2)
-    with pytest.raises(ValueError, match="expected HR = 2 x LR"):
-        dataset[0]
+    with pytest.raises(ValueError, match=r"HR 0001.png is 512x512 and LR 0001.png is 128x128 \(x4\), but the model is x2"):
+        PairedImageFolder(tmp_path / "hr_same_names", tmp_path / "lr_same_names", scale=2)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         PairedImageFolder(tmp_path / "nowhere", scale=4)
     with pytest.raises(ValueError, match="patch_size"):

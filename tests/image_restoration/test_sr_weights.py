@@ -62,3 +62,31 @@ def test_info_says_what_an_x1_checkpoint_is_for(tmp_path):
     assert info[0]["tasks"] == ["denoising", "jpeg_restoration"] and info[0]["task"] is None
     assert info[1]["tasks"] == ["super_resolution"] and info[1]["task"] == "super_resolution"
     assert info[1]["architecture"]["scale"] == 4 and info[1]["backbone"] == "imdn"
+
+
+def test_eval_with_weights_of_another_scale_fails_up_front(weights_dir, data_dir):
+    proc = subprocess.run([sys.executable, "-m", "mtp.cli", "eval", "super_resolution", "-w",
+                           str(weights_dir / "imdn" / "IMDN_x2.pth"), "-d", str(data_dir / "sr" / "Set5" / "image_SRF_4")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "(x4), but the model is x2" in proc.stderr
+
+
+@pytest.mark.parametrize("option, message", [("tile=abc", "tile='abc'"), ("sigma=2", "unknown key 'sigma'"),
+                                             ("tile_overlap=-3", "tile_overlap=-3")])
+def test_bad_options_fail_in_one_line_before_any_file(tmp_path, option, message):
+    (tmp_path / "in").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "mtp.cli", "predict", "super_resolution", "-b", "imdn", "-i",
+                           str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-O", option],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [(["--device", "cuda"], "no CUDA device"),
+                                            (["--dtype", "float16", "--device", "cpu"], "float16 needs a CUDA device")])
+def test_devices_and_dtypes_are_checked_up_front(tmp_path, flags, message):
+    (tmp_path / "in").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "mtp.cli", "predict", "super_resolution", "-b", "imdn", "-i",
+                           str(tmp_path / "in"), "-o", str(tmp_path / "out"), *flags], capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
