@@ -217,6 +217,8 @@ class TaskPipeline:
         self.backbone_name = backbone
         self.weights = weights
         self.model_kwargs = dict(backbone_kwargs or {})
+        if model is None and dtype is not None:
+            self._check_dtype(backbone)
         self.model = model if model is not None else self.build_model(backbone, weights, **self.model_kwargs)
         self.untrained = model is None and not weights and self.model is not None
         if self.untrained and pretrained is not False:
@@ -291,6 +293,13 @@ class TaskPipeline:
             key, (asked, given) = next(iter(clash.items()))
             raise OptionError(f"{spec.name} release {release!r} is for {key}={given}, but {key}={asked} was asked for")
         return str(official_weights(spec, release)), implied
+
+    def _check_dtype(self, backbone) -> None:
+        """The backbone's spec lists the dtypes it runs in; another one fails before the model is built."""
+        spec = self.backbone_entry(backbone)
+        name = str(self.dtype).replace("torch.", "")
+        if name not in spec.dtypes:
+            raise OptionError(f"dtype {name}: {spec.name} runs in {', '.join(spec.dtypes)}")
 
     def official_release(self, spec, options: dict) -> str:
         """Which release `weights="official"` means; a task may pick by its options (e.g. the scale)."""

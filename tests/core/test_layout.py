@@ -115,3 +115,36 @@ def test_every_recipe_validates_with_its_dataset_and_backbone_kwargs():
                 entry = DATASETS.get(source.name)
                 assert recipe.task in entry.get("tasks"), f"{path}: {source.name} is not a {recipe.task} dataset"
                 check_kwargs(entry.load(), {**entry.kwargs, **source.kwargs}, f"data.splits.{split}.kwargs", str(path))
+
+
+def test_every_task_declares_a_complete_contract():
+    """Options that validate at their defaults, metrics registered for the task, evaluation hooks, a monitor."""
+    from mtp.pipeline import TaskPipeline
+    from mtp.registry import METRICS, TASKS
+
+    for entry in TASKS.entries():
+        cls = entry.load()
+        cls.validate_options({})
+        assert cls.metrics, f"{entry.name}: no metrics"
+        for name in cls.metrics:
+            assert entry.name in METRICS.get(name).get("tasks"), f"{entry.name}: metric {name} is not registered for it"
+        for hook in ("evaluation_dataset", "evaluation_step", "preprocess", "forward", "save", "training_loss"):
+            assert getattr(cls, hook) is not getattr(TaskPipeline, hook), f"{entry.name} does not implement {hook}"
+        assert cls.monitor[1] in ("min", "max") and cls.input_suffixes
+
+
+def test_recipes_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from mtp.config import RecipeError, load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("ett_dlinear").output.name == "ett_dlinear"
+    assert load_recipe("recipes/ett_itransformer.yaml").task == "forecasting"   # the design's own example
+    with pytest.raises(RecipeError, match="Did you mean 'ett_dlinear'"):
+        load_recipe("ett_dlinaer")
+
+
+def test_readme_evaluate_example_exists(data_dir):
+    import re
+
+    paths = re.findall(r'pipe\.evaluate\("([^"]+)"\)', (REPO / "README.md").read_text())
+    assert paths and all((data_dir / p).is_dir() for p in paths), paths
