@@ -176,3 +176,16 @@ def test_dlinear_recipe_trains_one_epoch_end_to_end(tmp_path):
     rows = list(csv.DictReader((run_dir / "logs" / "metrics.csv").open()))
     assert any(row.get("train_loss") for row in rows) and any(row.get("val_loss") for row in rows)
     assert (run_dir / "model.safetensors").is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_a_split_with_its_own_csv_is_windowed_with_the_training_statistics(tmp_path, data_dir):
+    import pandas as pd
+
+    frame = pd.read_csv(data_dir / "ett" / "ETTh1.csv")
+    frame.iloc[14400:14400 + 400].to_csv(tmp_path / "later.csv", index=False)   # rows after thuml's test border
+    recipe = load_recipe(RECIPES / "ett_dlinear.yaml", [f"data.splits.test.root={tmp_path / 'later.csv'}"])
+    pipe = ForecastingPipeline.from_recipe(recipe)
+    splits = pipe.datasets(recipe)
+    assert len(splits["test"]) == 400 - 96 - 96 + 1 and len(splits["train"]) == len(pipe.splits.train)
+    expected = pipe.splits.scaler.transform(frame.iloc[14400:14400 + 96][pipe.splits.columns].to_numpy())
+    torch.testing.assert_close(splits["test"][0]["x"], torch.tensor(expected, dtype=torch.float32))
