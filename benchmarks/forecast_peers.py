@@ -11,7 +11,11 @@ One JSON line per case, then one ratio line per model (mtp / neuralforecast: epo
 Fields: train_epoch_s = median seconds of an epoch's training steps (validation excluded), epoch_with_val_s =
 median with the validation pass, fit_s / eval_s = training / test-prediction seconds, total_s = wall seconds of
 the child process (interpreter start, imports, data, fit, test), test_mse / test_mae on the z-scored scale over
-every test window, windows = stride-1 windows per split, loadavg_before/after = os.getloadavg() around the child.
+every test window, windows = stride-1 windows per split, cpu_s = the child's user + system CPU seconds,
+loadavg_before/after = os.getloadavg() around the child. The timings are only meaningful on an otherwise idle
+machine: with another multi-threaded job on the same cores, torch's threads contend and epochs take several
+times longer (read the load averages). For the peer, train and val windows are those its settings select
+(complete windows inside each split); its test windows are counted from its output (distinct cutoffs).
 
 Ours: `mtp.engine.run(load_recipe(...))` on recipes/forecasting/ett_{itransformer,dlinear,patchtst}.yaml with
 train.threads=2 and a Lightning epoch timer added to the engine's callbacks (as benchmarks/forecast_bench.py).
@@ -109,7 +113,11 @@ def recipe_settings(model: str) -> dict:
     recipe = load_recipe(recipe_path(model))
     data, train = recipe.data.kwargs, recipe.train
     wanted = {"data.name": (recipe.data.name, "ETTh1"), "data.features": (data.get("features", "M"), "M"),
-              "train.optimizer": (train.optimizer, "adam"), "train.scheduler": (train.scheduler, "halve_per_epoch")}
+              "train.optimizer": (train.optimizer, "adam"), "train.scheduler": (train.scheduler, "halve_per_epoch"),
+              # The peer gets torch's Adam defaults and no clipping, EMA or mixed precision.
+              "train.betas": (list(train.betas), [0.9, 0.999]), "train.weight_decay": (train.weight_decay, 0.0),
+              "train.grad_clip": (train.grad_clip, None), "train.ema_decay": (train.ema_decay, None),
+              "train.precision": (train.precision, "32-true")}
     for key, (value, expected) in wanted.items():
         if value != expected:
             raise SystemExit(f"forecast_peers: {recipe_path(model).name}: {key} is {value!r}; this benchmark "
@@ -279,6 +287,8 @@ def run_neuralforecast(spec: dict) -> dict:
         accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
     kw = s["backbone"]
     if spec["model"] == "itransformer":
+        if kw.get("activation", "gelu") != "gelu":
+            raise ValueError("neuralforecast's iTransformer always uses gelu")
         model = iTransformer(n_series=n_series, hidden_size=kw["d_model"], n_heads=kw["n_heads"],
                              e_layers=kw["e_layers"], d_ff=kw["d_ff"], dropout=kw["dropout"],
                              use_norm=kw.get("use_norm", True), **common)
@@ -347,6 +357,7 @@ def run_case(model: str, impl: str, epochs: int, settings: dict, scratch: Path) 
         raise RuntimeError(f"{model}/{impl}: the child failed (exit {proc.returncode}); its output ends:\n{tail}")
     result = json.loads(out_path.read_text())
     result.update(total_s=round(wall, 2), peak_rss_mib=round(usage.ru_maxrss / 1024, 1),   # Linux: KiB
+                  cpu_s=round(usage.ru_utime + usage.ru_stime, 1),
                   loadavg_before=[round(x, 2) for x in load_before], loadavg_after=[round(x, 2) for x in load_after])
     return result
 
@@ -405,7 +416,7 @@ def main(argv=None) -> int:
                         "epochs": len(r["train_epochs"]), "epochs_max": epochs, "threads": THREADS,
                         "train_epoch_s": _summary(r["train_epochs"]),
                         "epoch_with_val_s": _summary(r["epochs_with_val"]),
-                        "fit_s": r["fit_s"], "eval_s": r["eval_s"], "total_s": r["total_s"],
+                        "fit_s": r["fit_s"], "eval_s": r["eval_s"], "total_s": r["total_s"], "cpu_s": r["cpu_s"],
                         "peak_rss_mib": r["peak_rss_mib"],
                         "test_mse": round(r["test_mse"], 4), "test_mae": round(r["test_mae"], 4),
                         "val_losses": r["val_losses"], "windows": r["windows"],

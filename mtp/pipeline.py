@@ -397,7 +397,7 @@ class TaskPipeline:
                     continue
                 if not path.exists():
                     ignored.append(f"{path} (a broken or self-referencing symbolic link)")
-                elif name.lower().endswith(suffixes) if suffixes else False:
+                elif suffixes and name.lower().endswith(suffixes):
                     picked.append(path)
                 else:
                     ignored.append(f"{path} (not a {'/'.join(self.input_suffixes) or 'known'} file)")
@@ -408,7 +408,8 @@ class TaskPipeline:
     def __call__(self, inputs, output: str | Path | None = None, batch_size: int = 1, num_workers: int = 0,
                  overwrite: bool = False, progress: bool | None = None, shard: tuple[int, int] | None = None,
                  **options):
-        """One item, a list, or a folder. With `output`, results are written there and a RunReport returned.
+        """One item, a list of items, or a folder. An item is a path, the task's natural object, or a tuple of
+        paths that form one paired item. With `output`, results are written there and a RunReport returned.
         `options` override the task's options for this call; `shard=(rank, world)` takes every world-th item."""
         with self.options_for_call(options):
             folder = self._as_folder(inputs)
