@@ -188,3 +188,14 @@ def test_fetch_verifies_sha256_and_caches(tmp_path, monkeypatch, weights_dir):
     assert not got.exists()
     with pytest.raises(DownloadError, match="put it at one of"):
         fetch((tmp_path / "nowhere.pth").as_uri(), "weights")
+
+
+def test_multi_part_suffixes_keep_the_full_stem():
+    from mtp.pipeline import split_suffix
+
+    suffixes = (".nii", ".nii.gz", ".tar.gz", ".png")
+    assert split_suffix("scan.nii.gz", suffixes) == ("scan", ".nii.gz")
+    assert split_suffix("BraTS_001.T1c.NII.GZ", suffixes) == ("BraTS_001.T1c", ".NII.GZ")
+    assert split_suffix("scan.nii", suffixes) == ("scan", ".nii")
+    assert split_suffix("photo.v2.png", suffixes) == ("photo.v2", ".png")
+    assert split_suffix("archive.tar.gz", suffixes) == ("archive", ".tar.gz")
