@@ -8,7 +8,8 @@ Every case (model x implementation) trains and tests in a fresh child interprete
 Both implementations run in the same venv (scripts/forecast_peer_env.sh), so with the same torch build.
 One JSON line per case, then one ratio line per model (mtp / neuralforecast: epoch time, total, peak RSS).
 
-Fields: train_epoch_s = median seconds of an epoch's training steps (validation excluded), epoch_with_val_s =
+Fields: train_epoch_s = median seconds of an epoch's training steps (validation excluded; every epoch's in
+train_epochs_s), epoch_with_val_s =
 median with the validation pass, fit_s / eval_s = training / test-prediction seconds, total_s = wall seconds of
 the child process (interpreter start, imports, data, fit, test), test_mse / test_mae on the z-scored scale over
 every test window, windows = stride-1 windows per split, cpu_s = the child's user + system CPU seconds,
@@ -416,6 +417,7 @@ def main(argv=None) -> int:
                         "epochs": len(r["train_epochs"]), "epochs_max": epochs, "threads": THREADS,
                         "train_epoch_s": _summary(r["train_epochs"]),
                         "epoch_with_val_s": _summary(r["epochs_with_val"]),
+                        "train_epochs_s": [round(t, 2) for t in r["train_epochs"]],   # each epoch: shows contention
                         "fit_s": r["fit_s"], "eval_s": r["eval_s"], "total_s": r["total_s"], "cpu_s": r["cpu_s"],
                         "peak_rss_mib": r["peak_rss_mib"],
                         "test_mse": round(r["test_mse"], 4), "test_mae": round(r["test_mae"], 4),
