@@ -699,7 +699,7 @@ class TaskPipeline:
 
 
 def _file_digest(path: Path) -> str:
-    """sha256 of a weights file, cached beside nothing: keyed by (path, size, mtime) for this process."""
+    """sha256 of a weights file, computed once per process for a given (path, size, mtime)."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:

@@ -18,33 +18,10 @@ NEEDED_GB=12                            # torch + its CUDA libraries unpacked, w
 
 key="$(echo "$TORCH_SPEC $TORCHVISION_SPEC $SPANDREL_SPEC $LIGHT_DEPS" | sha256sum | cut -c1-16)"
 venv="${MTP_BENCH_VENV:-$HOME/.cache/mtp/bench-$key}"
-if [ ! -f "$venv/.complete" ]; then
-  parent="$(dirname "$venv")"
-  mkdir -p "$parent"
-  free_gb="$(df -P -BG "$parent" | awk 'NR == 2 {sub("G", "", $4); print $4}')"
-  df -h "$parent" >&2
-  if [ "$free_gb" -lt "$NEEDED_GB" ]; then
-    echo "[bench-env] $parent has ${free_gb} GB free; the registry torch needs about $NEEDED_GB GB" >&2
-    exit 1
-  fi
-  echo "[bench-env] building $venv" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip
-  # All three in one resolve, pinned, so pip cannot pick the local CPU torch wheel for torchvision.
-  "$venv/bin/python" -m pip install -q "$TORCH_SPEC" "$TORCHVISION_SPEC" "$SPANDREL_SPEC" $LIGHT_DEPS
-  "$venv/bin/python" -m pip install -q --no-deps -e "$root"
-  touch "$venv/.complete"
-else
-  # The editable install must point at this clone, wherever it is (pip's output only when it fails).
-  if ! log="$("$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" 2>&1)"; then
-    echo "$log" >&2
-    exit 1
-  fi
-fi
-export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv" CUDA_VISIBLE_DEVICES=""
-export MTP_DATA_DIR="${MTP_DATA_DIR:-$(cd "$root/.." && pwd)/shared/data}"
-export MTP_WEIGHTS_DIR="${MTP_WEIGHTS_DIR:-$(cd "$root/.." && pwd)/shared/weights}"
+label="bench-env"
+source "$root/scripts/bench_venv.sh"
+# All three in one resolve, pinned, so pip cannot pick the local CPU torch wheel for torchvision.
+build_bench_venv "$TORCH_SPEC" "$TORCHVISION_SPEC" "$SPANDREL_SPEC" $LIGHT_DEPS
 
 if [ $# -eq 0 ]; then
   exec python -c "import torch, torchvision, spandrel, mtp; print('torch', torch.__version__, '| torchvision', \

@@ -19,40 +19,14 @@ NEURALFORECAST_SPEC="neuralforecast==3.3.0"
 # mtp's engine imports `lightning`, neuralforecast imports `pytorch_lightning`: the same release of both.
 LIGHTNING_SPEC="lightning==2.6.6 pytorch-lightning==2.6.6"
 LIGHT_DEPS="numpy pyyaml click safetensors tqdm pandas matplotlib psutil"
-# pyproject.toml's SPDX licence string needs setuptools>=77, and the reuse path below installs mtp without
-# build isolation, i.e. with the venv's own setuptools (a fresh venv's is older).
-BUILD_SPEC="setuptools>=77,<82 wheel"
 NEEDED_GB=14                            # torch + its CUDA libraries + ray unpacked, with room for pip's cache
 
-key="$(echo "$TORCH_SPEC $NEURALFORECAST_SPEC $LIGHTNING_SPEC $LIGHT_DEPS $BUILD_SPEC" | sha256sum | cut -c1-16)"
+key="$(echo "$TORCH_SPEC $NEURALFORECAST_SPEC $LIGHTNING_SPEC $LIGHT_DEPS setuptools>=77,<82 wheel" | sha256sum | cut -c1-16)"
 venv="${MTP_FORECAST_PEER_VENV:-$HOME/.cache/mtp/forecast-peer-$key}"
-if [ ! -f "$venv/.complete" ]; then
-  parent="$(dirname "$venv")"
-  mkdir -p "$parent"
-  free_gb="$(df -P -BG "$parent" | awk 'NR == 2 {sub("G", "", $4); print $4}')"
-  df -h "$parent" >&2
-  if [ "$free_gb" -lt "$NEEDED_GB" ]; then
-    echo "[forecast-peer-env] $parent has ${free_gb} GB free; the environment needs about $NEEDED_GB GB" >&2
-    exit 1
-  fi
-  echo "[forecast-peer-env] building $venv" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip $BUILD_SPEC
-  # One resolve, everything pinned that matters, so neuralforecast cannot pull in another torch or lightning.
-  "$venv/bin/python" -m pip install -q "$TORCH_SPEC" "$NEURALFORECAST_SPEC" $LIGHTNING_SPEC $LIGHT_DEPS
-  "$venv/bin/python" -m pip install -q --no-deps -e "$root"
-  touch "$venv/.complete"
-else
-  # The editable install must point at this clone, wherever it is (pip's output only when it fails).
-  if ! log="$("$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" 2>&1)"; then
-    echo "$log" >&2
-    exit 1
-  fi
-fi
-export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv" CUDA_VISIBLE_DEVICES=""
-export MTP_DATA_DIR="${MTP_DATA_DIR:-$(cd "$root/.." && pwd)/shared/data}"
-export MTP_WEIGHTS_DIR="${MTP_WEIGHTS_DIR:-$(cd "$root/.." && pwd)/shared/weights}"
+label="forecast-peer-env"
+source "$root/scripts/bench_venv.sh"
+# Everything that matters pinned, so neuralforecast cannot pull in another torch or lightning.
+build_bench_venv "$TORCH_SPEC" "$NEURALFORECAST_SPEC" $LIGHTNING_SPEC $LIGHT_DEPS
 
 if [ $# -eq 0 ]; then
   exec python -c "import torch, lightning, neuralforecast, mtp; print('torch', torch.__version__, '| lightning', \
