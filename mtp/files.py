@@ -61,17 +61,20 @@ def atomic_path(path: str | Path, overwrite: bool = False):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the user's usual permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the user's usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: done once, at import, before any thread runs
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def write_text_atomic(path: str | Path, text: str, overwrite: bool = True) -> Path:
