@@ -58,3 +58,17 @@ BACKBONES.register("nhits", "mtp.backbones.pf_adapter:PFForecaster", dict(model=
                    protocol="thuml", description="N-HiTS (pytorch-forecasting) on the same windows and split")
 BACKBONES.register("tft", "mtp.backbones.pf_adapter:PFForecaster", dict(model="tft"), tasks=_TS,
                    protocol="thuml", description="Temporal Fusion Transformer (pytorch-forecasting) on the same windows")
+
+# Time-series classification: (num_channels, seq_length, num_classes) come from the training data; defaults are
+# each paper's. forward(x (B, C, T), mask (B, T)) -> logits.
+_TSC = ["ts_classification"]
+BACKBONES.register("mptsnet", "mtp.backbones.mptsnet:MPTSNet", {}, tasks=_TSC, family="mptsnet",
+                   description="MPTSNet (Mu et al., AAAI 2025): periodic tiles from the training FFT, CNN + "
+                               "transformers; official names")
+BACKBONES.register("inception_time", "mtp.backbones.inception_time:InceptionTime", {}, tasks=_TSC,
+                   family="inception_time",
+                   description="InceptionTime (Ismail Fawaz et al. 2020), one network of the ensemble")
+BACKBONES.register("tst", "mtp.backbones.tst:TST", {}, tasks=_TSC, family="tst",
+                   description="TST (Zerveas et al., KDD 2021): transformer encoder with BatchNorm, supervised")
+BACKBONES.register("minirocket", "mtp.backbones.minirocket:MiniRocket", {}, tasks=_TSC, family="minirocket",
+                   description="MiniRocket (Dempster et al. 2021) via aeon + ridge: non-deep reference, closed-form fit")

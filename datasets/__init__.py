@@ -16,3 +16,10 @@ DATASETS.register("paired_folder", f"{_SR}:PairedImageFolder", {},
 DATASETS.register("hr_folder", f"{_SR}:HROnlyFolder", {},
                   tasks=["super_resolution", "denoising", "jpeg_restoration"],
                   description="HR images degraded on the fly (MATLAB bicubic, Gaussian noise, JPEG)")
+
+_TSC = "mtp.datasets.ts_classification"
+DATASETS.register("uea_ucr", f"{_TSC}:archive_split", {}, tasks=["ts_classification"],
+                  description="a UEA/UCR archive dataset by name (data.kwargs.name): <name>_TRAIN/_TEST .ts/.arff/.tsv; "
+                              "validation carved from TRAIN (stratified, seeded)")
+DATASETS.register("csv_series", f"{_TSC}:csv_folder_split", {}, tasks=["ts_classification"],
+                  description="train/ and test/ folders of CSVs, one series per file with a label column")

@@ -61,6 +61,7 @@ class TrainConfig:
     scheduler: str = "none"             # none | halve_per_epoch (thuml) | multistep | cosine | a torch scheduler
     scheduler_kwargs: dict = field(default_factory=dict)  # that scheduler's arguments (e.g. OneCycleLR max_lr)
     scheduler_interval: Optional[str] = None  # step | epoch; default: step for max_steps recipes, else epoch
+    scheduler_monitor: str = "val_loss"  # what ReduceLROnPlateau follows (train_loss: the epoch's mean loss)
     milestones: list[int] = field(default_factory=list)  # multistep: steps (iteration recipes) or epochs
     gamma: float = 0.5
     grad_clip: Optional[float] = None

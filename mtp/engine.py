@@ -122,7 +122,8 @@ def _optimizer_and_schedule(params, train: TrainConfig, steps_per_epoch: int):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **{"T_max": max(1, total), **kwargs})
         interval = train.scheduler_interval or "step"
     else:  # any torch scheduler by its class name, e.g. OneCycleLR, with train.scheduler_kwargs
-        valid = sorted(n for n in dir(torch.optim.lr_scheduler) if n.endswith("LR") and not n.startswith("_"))
+        valid = sorted(n for n in dir(torch.optim.lr_scheduler)
+                       if (n.endswith("LR") or n == "ReduceLROnPlateau") and not n.startswith("_"))
         cls = getattr(torch.optim.lr_scheduler, name, None)
         if cls is None or name not in valid:
             from mtp.registry import unknown_name_message
@@ -136,7 +137,11 @@ def _optimizer_and_schedule(params, train: TrainConfig, steps_per_epoch: int):
             schedule = cls(optimizer, **kwargs)
         except TypeError as err:
             raise ValueError(f"train.scheduler_kwargs for {name}: {err}") from None
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": interval}}
+    config = {"scheduler": schedule, "interval": interval}
+    if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        config["monitor"] = train.scheduler_monitor  # a logged quantity, e.g. train_loss (the epoch's mean)
+        config["interval"] = train.scheduler_interval or "epoch"  # the losses it follows are epoch means
+    return {"optimizer": optimizer, "lr_scheduler": config}
 
 
 class ReseedEachEpoch(L.Callback):
@@ -275,8 +280,9 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress:
         fit_seconds = 0.0
         if train:
             fit_started = time.perf_counter()
-            _fit(pipe, recipe, splits, run_dir / "checkpoints", last if resume and last.exists() else None,
-                 progress)
+            if not pipe.fit_direct(splits, recipe):
+                _fit(pipe, recipe, splits, run_dir / "checkpoints", last if resume and last.exists() else None,
+                     progress)
             fit_seconds = time.perf_counter() - fit_started
             from mtp.weights import export
 

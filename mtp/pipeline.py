@@ -679,6 +679,11 @@ class TaskPipeline:
         """Arguments every dataset of this task gets from the pipeline (e.g. the model's scale)."""
         return {}
 
+    def fit_direct(self, splits: dict, recipe) -> bool:
+        """Fit a model that is not trained by gradient steps (a closed-form fit) and return True; the engine
+        then skips the Trainer. Most tasks return False."""
+        return False
+
     def training_loss(self, batch):
         raise NotImplementedError
 

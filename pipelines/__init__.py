@@ -10,6 +10,9 @@ TASKS.register("jpeg_restoration", "mtp.pipelines.image_restoration.pipeline:JPE
                detect=_DETECT_SR, extra="vision", description="JPEG artefact removal (quality 10-40)")
 TASKS.register("forecasting", "mtp.pipelines.forecasting.pipeline:ForecastingPipeline", extra="timeseries",
                description="multivariate time-series forecasting (iTransformer, DLinear, PatchTST, ...)")
+TASKS.register("ts_classification", "mtp.pipelines.ts_classification.pipeline:TSClassificationPipeline",
+               extra="tsc",
+               description="time-series classification: UEA/UCR archives (MPTSNet, InceptionTime, TST, MiniRocket)")
 
 # Metrics are streaming objects: update(prediction, target) per batch, compute() -> dict at the end.
 _IMG = "mtp.pipelines.image_restoration.metrics"
@@ -20,3 +23,6 @@ METRICS.register("ssim", f"{_IMG}:SSIMMetric", tasks=["super_resolution", "denoi
 METRICS.register("forecast_errors", "mtp.pipelines.forecasting.metrics:ForecastMetrics", tasks=["forecasting"],
                  description="mse/mae on the normalised scale (papers' convention); mae/rmse/mape/mase in "
                              "original units")
+METRICS.register("classification", "mtp.pipelines.ts_classification.metrics:ClassificationMetrics",
+                 tasks=["ts_classification"],
+                 description="accuracy, balanced accuracy, macro F1 and the confusion matrix (scikit-learn)")
