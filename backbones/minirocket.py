@@ -18,6 +18,7 @@ MIN_LENGTH = 9  # aeon's MiniRocket needs at least 9 steps (its kernels have len
 
 class MiniRocket(nn.Module):
     fixed_length = True  # aeon's transform takes equal-length series: batches are zero-padded to seq_length
+    min_length = MIN_LENGTH  # shorter data is zero-padded up to it
 
     def __init__(self, num_channels: int, seq_length: int, num_classes: int, n_kernels: int = 10_000,
                  max_dilations_per_kernel: int = 32):

@@ -409,9 +409,13 @@ class MPTSNet(nn.Module):
     @staticmethod
     def data_config(train_x) -> dict:
         """The official train.py recipe from the preprocessed training array (N, C, T)."""
-        channels = np.asarray(train_x).shape[1]
+        channels, length = np.asarray(train_x).shape[1:]
         embed_dim = min(max(4 * channels, 64), 256)
-        return {"periods": find_periods(train_x), "embed_dim": embed_dim,
+        periods = find_periods(train_x)
+        if not periods:
+            raise ValueError(f"the period search found no period in series of {length} steps (it needs bins "
+                             f"beyond f=1, i.e. at least 6 steps)")
+        return {"periods": periods, "embed_dim": embed_dim,
                 "embed_dim_t": min(max(4 * embed_dim, 256), 512)}
 
     @staticmethod

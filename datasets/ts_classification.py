@@ -259,7 +259,8 @@ class SeriesDataset(torch.utils.data.Dataset):
         elif np.isnan(x).any():
             x = fill_missing(x, "error", where)
         if self.pad_to is not None and x.shape[1] > self.pad_to:
-            raise SeriesFileError(f"{where}: {x.shape[1]} steps, the model takes at most {self.pad_to}")
+            raise SeriesFileError(f"{where}: {x.shape[1]} steps, the model takes at most {self.pad_to} (its "
+                                  f"seq_length: set options.seq_length to the longest series, or too_long='truncate')")
         return x, self.targets[i]
 
     def collate(self, batch):

@@ -203,7 +203,7 @@ class TSClassificationPipeline(TaskPipeline):
                    **recipe.options}
         full = train.full_train or train.series
         if getattr(model_cls, "fixed_length", False) and not options.get("seq_length"):
-            options["seq_length"] = max(s.shape[1] for s in full)
+            options["seq_length"] = max(max(s.shape[1] for s in full), getattr(model_cls, "min_length", 1))
         state = {}
         if options.get("normalize") == "channel":
             mean, std = channel_statistics(train.series, options.get("missing", "interpolate"))
@@ -215,7 +215,10 @@ class TSClassificationPipeline(TaskPipeline):
                                     **state.get("channel_stats", {}))
             length = options.get("seq_length") or max(s.shape[1] for s in full)
             x, _ = pad_batch([probe(s, train.source) for s in full], length)
-            kwargs = {**model_cls.data_config(x.numpy().astype(np.float64)), **kwargs}
+            try:
+                kwargs = {**model_cls.data_config(x.numpy().astype(np.float64)), **kwargs}
+            except ValueError as err:
+                raise InputError(f"{train.source}: {name} cannot be configured from this training data: {err}") from None
         device = "cpu" if recipe.train is None or recipe.train.accelerator == "cpu" else "auto"
         pipe = cls(backbone=name, weights=recipe.backbone.weights, device=device, backbone_kwargs=kwargs,
                    pretrained=False if recipe.train else None, **options)

@@ -130,3 +130,34 @@ def test_bad_input_is_named(tmp_path, data_dir):
     nan_series[0, 2] = np.nan
     with pytest.raises(InputError, match=r"<array>, series 0: channel 2 has no values"):
         pipe(nan_series)
+
+
+def test_official_checkpoint_file_as_train_py_saves_it(tmp_path, fixtures_dir):
+    """train.py saves a bare state_dict with torch.save to results/.../best_model (no extension)."""
+    from safetensors.torch import load_file
+
+    folder = fixtures_dir / "mptsnet"
+    path = tmp_path / "results" / "MPTSNet" / "Toy" / "best_model"
+    path.parent.mkdir(parents=True)
+    torch.save(load_file(str(folder / "mptsnet_tiny_flag_state_dict.safetensors")), path)
+    io = load_file(str(folder / "mptsnet_tiny_flag_io.safetensors"))
+    pipe = Pipeline("ts_classification", backbone="mptsnet", weights=str(path), device="cpu", classes=["a", "b", "c"])
+    assert pipe.model.init_config["flag"] is True and pipe.model.init_config["periods"] == [4, 7]
+    frame = pipe(io["input"].numpy())
+    np.testing.assert_allclose(frame[["p_a", "p_b", "p_c"]].to_numpy(), torch.softmax(io["output"], 1).numpy(),
+                               atol=1e-5)
+
+
+def test_too_short_training_series_fail_or_pad_by_model(tmp_path, data_dir):
+    from mtp.pipelines.ts_classification.pipeline import TSClassificationPipeline
+
+    head = "@problemName toy\n@univariate true\n@equalLength true\n@classLabel true a b\n@data\n"
+    lines = "".join(f"{i},{i + 1},{i},{i + 2},{i}:{'ab'[i % 2]}\n" for i in range(6))
+    (tmp_path / "Toy_TRAIN.ts").write_text(head + lines)
+    (tmp_path / "Toy_TEST.ts").write_text(head + lines)
+    overrides = [f"data.root={tmp_path}", "data.kwargs.name=Toy", "data.kwargs.val_fraction=0.34"]
+    recipe = load_recipe(RECIPES / "mptsnet_basicmotions.yaml", overrides)
+    with pytest.raises(InputError, match=r"Toy_TRAIN.ts.*mptsnet cannot be configured.*no period in series of 5 steps"):
+        TSClassificationPipeline.from_recipe(recipe)
+    pipe = TSClassificationPipeline.from_recipe(load_recipe(RECIPES / "minirocket_gunpoint.yaml", overrides))
+    assert pipe.config["seq_length"] == 9  # aeon's MiniRocket minimum; the 5-step series are zero-padded
