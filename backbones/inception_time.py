@@ -55,6 +55,14 @@ def odd_kernel_sizes(kernel_size: int, count: int = 3) -> list[int]:
     return sizes
 
 
+def max_pool3(x: torch.Tensor) -> torch.Tensor:
+    """F.max_pool1d(x, 3, stride=1, padding=1) as two elementwise maxima of shifted views: the same values,
+    several times faster on CPU than the pooling kernel (which dominated a training step after the convolutions)."""
+    left = F.pad(x[..., :-1], (1, 0), value=float("-inf"))
+    right = F.pad(x[..., 1:], (0, 1), value=float("-inf"))
+    return torch.maximum(torch.maximum(left, x), right)
+
+
 def _zero_padding(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x.masked_fill(~mask.unsqueeze(1), 0.0)
 
@@ -76,9 +84,9 @@ class InceptionModule(nn.Module):
         # x has zeros at padded steps (the caller's invariant), which the convolutions read as 'same' padding
         branch = self.bottleneck(x) if self.bottleneck is not None else x
         outs = [conv(branch) for conv in self.convs]
-        # max_pool1d pads with -inf; padded steps must look the same, then be zero again for the 1x1 conv
-        pooled = F.max_pool1d(x if mask is None else x.masked_fill(~mask.unsqueeze(1), float("-inf")),
-                              3, stride=1, padding=1)
+        # max-pool(3, stride 1, 'same') reads -inf beyond the ends; padded steps must look the same, then be
+        # zero again for the 1x1 conv
+        pooled = max_pool3(x if mask is None else x.masked_fill(~mask.unsqueeze(1), float("-inf")))
         outs.append(self.pool_conv(_zero_padding(pooled, mask)))
         return _zero_padding(F.relu(self.bn(torch.cat(outs, dim=1), mask)), mask)
 
@@ -125,7 +133,10 @@ class InceptionTime(nn.Module):
                 raise ValueError(f"InceptionTime: mask must be (B, T) = {(x.shape[0], x.shape[2])}, "
                                  f"got {tuple(mask.shape)}")
             mask = mask.to(device=x.device, dtype=torch.bool)
-            x = _zero_padding(x, mask)
+            if bool(mask.all()):
+                mask = None  # an equal-length batch: the plain (faster) path gives the same result
+            else:
+                x = _zero_padding(x, mask)
         residual = x
         shortcuts = iter(self.shortcuts)
         for d, module in enumerate(self.inception):
@@ -141,4 +152,4 @@ class InceptionTime(nn.Module):
         return self.fc(pooled)
 
 
-__all__ = ["InceptionTime", "InceptionModule", "MaskedBatchNorm1d", "Shortcut", "odd_kernel_sizes"]
+__all__ = ["InceptionTime", "InceptionModule", "MaskedBatchNorm1d", "Shortcut", "max_pool3", "odd_kernel_sizes"]

@@ -175,3 +175,11 @@ def test_overfits_basic_motions(basic_motions, model_cls, hyper, steps):
     with torch.no_grad():
         accuracy = (model.eval()(x).argmax(1) == y).float().mean().item()
     assert accuracy >= 0.95, accuracy
+
+
+def test_max_pool3_equals_max_pool1d():
+    from mtp.backbones.inception_time import max_pool3
+
+    x = torch.randn(3, 5, 17)
+    x[0, 0, 4:7] = float("-inf")
+    assert torch.equal(max_pool3(x), F.max_pool1d(x, 3, stride=1, padding=1))
