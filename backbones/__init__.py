@@ -72,3 +72,18 @@ BACKBONES.register("tst", "mtp.backbones.tst:TST", {}, tasks=_TSC, family="tst",
                    description="TST (Zerveas et al., KDD 2021): transformer encoder with BatchNorm, supervised")
 BACKBONES.register("minirocket", "mtp.backbones.minirocket:MiniRocket", {}, tasks=_TSC, family="minirocket",
                    description="MiniRocket (Dempster et al. 2021) via aeon + ridge: non-deep reference, closed-form fit")
+
+# Speech separation: mixture (B, T) -> estimates (B, speakers, T) at the spec's sample rate.
+_SEP = ["speech_separation"]
+_MF2_PAGE = "https://huggingface.co/alibabasglab/MossFormer2_SS_16K (ClearerVoice-Studio's release)"
+BACKBONES.register("mossformer2", "mtp.backbones.mossformer2:MossFormer2", {}, tasks=_SEP, family="mossformer2",
+                   sample_rate=16000, weights_key="model",
+                   weights={"official": WeightsSpec(filename="last_best_checkpoint.pt", page=_MF2_PAGE, key="model",
+                                                    licence="Apache-2.0")},
+                   description="MossFormer2 (Zhao et al. 2024), ClearerVoice's 16 kHz 2-speaker model (55.7M params)")
+BACKBONES.register("mossformer2_small", "mtp.backbones.mossformer2:MossFormer2",
+                   dict(in_channels=256, out_channels=256, num_blocks=4, kernel_size=16), tasks=_SEP,
+                   family="mossformer2", sample_rate=8000,
+                   description="a small MossFormer2 (4 blocks, 256 channels) for 8 kHz training on CPU")
+BACKBONES.register("conv_tasnet", "mtp.backbones.conv_tasnet:ConvTasNet", {}, tasks=_SEP, sample_rate=8000,
+                   description="Conv-TasNet (Luo & Mesgarani 2019) as torchaudio builds it; the baseline")

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Run every ts_classification recipe with its seed, then a 5-seed study of MPTSNet on BasicMotions, and print
+# Run every ts_classification recipe with its seed, then a 5-seed study of one recipe ($STUDY, default
+# inception_time_basicmotions; seeds 0-4, the same validation split), and print
 # one JSON line per run (recipe, seed, test metrics, fit seconds). Run folders go to $OUT (default runs/tsc).
 #   MTP_DATA_DIR=../shared/data bash scripts/env.sh bash benchmarks/tsc_recipes.sh [recipe.yaml ...]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-runs/tsc}"
+STUDY="${STUDY:-inception_time_basicmotions}"
 THREADS="${THREADS:-2}"
 recipes=("$@")
 if [ ${#recipes[@]} -eq 0 ]; then
@@ -28,8 +30,8 @@ for recipe in "${recipes[@]}"; do
 done
 if [ -z "${SKIP_STUDY:-}" ]; then
   for seed in 0 1 2 3 4; do
-    name="mptsnet_basicmotions_seed$seed"
-    mtp run recipes/ts_classification/mptsnet_basicmotions.yaml output.dir="$OUT" output.name="$name" \
+    name="${STUDY}_seed$seed"
+    mtp run "recipes/ts_classification/$STUDY.yaml" output.dir="$OUT" output.name="$name" \
       train.seed="$seed" train.threads="$THREADS" --overwrite >/dev/null 2>"$OUT.$name.log" || { echo "{\"recipe\": \"$name\", \"failed\": true}"; continue; }
     summarise "$OUT/$name" "$seed"
   done

@@ -23,3 +23,12 @@ DATASETS.register("uea_ucr", f"{_TSC}:archive_split", {}, tasks=["ts_classificat
                               "validation carved from TRAIN (stratified, seeded)")
 DATASETS.register("csv_series", f"{_TSC}:csv_folder_split", {}, tasks=["ts_classification"],
                   description="train/ and test/ folders of CSVs, one series per file with a label column")
+
+_SS = "mtp.datasets.speech_separation"
+DATASETS.register("fsdd_mixtures", f"{_SS}:fsdd_mixtures", {}, tasks=["speech_separation"],
+                  description="2-speaker FSDD mixtures: train takes 10-49 mixed on the fly (seeded per epoch), "
+                              "val/test from the shared mixture lists (takes 5-9 / 0-4)")
+DATASETS.register("librimix", f"{_SS}:librimix", {}, tasks=["speech_separation"],
+                  description="LibriMix layout (Libri2Mix/wav8k/min/<split>/mix_clean, s1, s2 + metadata CSVs)")
+DATASETS.register("wsj0mix", f"{_SS}:wsj0mix", {}, tasks=["speech_separation"],
+                  description="wsj0-2mix layout (wav8k/min/{tr,cv,tt}/{mix,s1,s2})")

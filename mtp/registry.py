@@ -126,6 +126,7 @@ class BackboneSpec(Entry):
     bytes_per_element: Optional[float] = None  # activation memory per input element (tiling, sliding windows)
     weights_key: Optional[str] = None   # default nesting key of its checkpoints
     family: Optional[str] = None        # folder name under $MTP_WEIGHTS_DIR; default: the name
+    sample_rate: Optional[int] = None   # audio backbones: the rate (Hz) the model works at
 
     def release(self, name: str) -> WeightsSpec:
         if name not in self.weights:

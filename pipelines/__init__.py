@@ -13,6 +13,8 @@ TASKS.register("forecasting", "mtp.pipelines.forecasting.pipeline:ForecastingPip
 TASKS.register("ts_classification", "mtp.pipelines.ts_classification.pipeline:TSClassificationPipeline",
                extra="tsc",
                description="time-series classification: UEA/UCR archives (MPTSNet, InceptionTime, TST, MiniRocket)")
+TASKS.register("speech_separation", "mtp.pipelines.speech_separation.pipeline:SpeechSeparationPipeline",
+               extra="audio", description="speech separation: one file per speaker (MossFormer2, Conv-TasNet)")
 
 # Metrics are streaming objects: update(prediction, target) per batch, compute() -> dict at the end.
 _IMG = "mtp.pipelines.image_restoration.metrics"
@@ -26,3 +28,6 @@ METRICS.register("forecast_errors", "mtp.pipelines.forecasting.metrics:ForecastM
 METRICS.register("classification", "mtp.pipelines.ts_classification.metrics:ClassificationMetrics",
                  tasks=["ts_classification"],
                  description="accuracy, balanced accuracy, macro F1 and the confusion matrix (scikit-learn)")
+METRICS.register("separation", "mtp.pipelines.speech_separation.metrics:SeparationMetrics",
+                 tasks=["speech_separation"],
+                 description="SI-SNR(i) and BSS-eval SDR(i), permutation-invariant, averaged over sources (torchmetrics)")
