@@ -34,10 +34,11 @@ def best_permutation(previous: torch.Tensor, current: torch.Tensor) -> tuple[int
 
 @torch.inference_mode()
 def separate_long(separate, mixture: torch.Tensor, num_sources: int, segment: int, overlap: int,
-                  batch_segments: int = 4) -> torch.Tensor:
+                  batch_segments: int = 4, align: bool = True) -> torch.Tensor:
     """`separate` maps (B, L) mixtures to (B, num_sources, L) estimates; returns (num_sources, T) for a (T,)
     mixture. Short inputs go through in one call; longer ones in segments of `segment` samples overlapping by
-    `overlap`. Only `batch_segments` segments are in the model at a time."""
+    `overlap`. Only `batch_segments` segments are in the model at a time. `align=False` keeps each segment's
+    own speaker order (what the alignment buys can be measured against it)."""
     length = mixture.shape[-1]
     if length <= segment:
         return separate(mixture[None])[0]
@@ -52,7 +53,7 @@ def separate_long(separate, mixture: torch.Tensor, num_sources: int, segment: in
         chunk = starts[first:first + batch_segments]
         estimates = separate(torch.stack([mixture[s:s + segment] for s in chunk]))
         for start, estimate in zip(chunk, estimates):
-            if previous is not None:
+            if previous is not None and align:
                 shared = previous_start + segment - start  # samples this segment shares with the previous one
                 order = best_permutation(previous[:, -shared:], estimate[:, :shared])
                 estimate = estimate[list(order)]
