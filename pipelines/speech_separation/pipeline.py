@@ -11,6 +11,7 @@ the input's rate.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -64,8 +65,9 @@ class SpeechSeparationPipeline(TaskPipeline):
         entry = self.backbone_entry(backbone)
         self.backbone_name = entry.name
         speakers = self.config["num_speakers"]
-        built = {**entry.kwargs, **({"num_spks": speakers} if speakers and "num_spks" in entry.kwargs else {}),
-                 **({"num_sources": speakers} if speakers and "num_sources" in entry.kwargs else {}), **kwargs}
+        accepted = inspect.signature(entry.load()).parameters
+        name = next((n for n in ("num_spks", "num_sources") if n in accepted), None)  # MossFormer2 / Conv-TasNet
+        built = {**entry.kwargs, **({name: speakers} if speakers and name else {}), **kwargs}
         model = entry.build(**built)
         self.model_kwargs = built
         if self.config["sample_rate"] is None:
