@@ -62,6 +62,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from child_run import run_worker  # noqa: E402  (beside this script)
+
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000
 CV_NAME = "MossFormer2_SS_16K"
@@ -238,29 +240,8 @@ def peer_python(given: str | None) -> str:
 
 def run_child(python: str, spec: dict, case_dir: Path, threads: int) -> dict:
     """One case in a fresh interpreter: its result, wall time and its own peak RSS (wait4 rusage)."""
-    case_dir.mkdir(parents=True, exist_ok=True)
-    spec_path, out_path, log_path = case_dir / "spec.json", case_dir / "result.json", case_dir / "log.txt"
-    spec_path.write_text(json.dumps(spec))
-    n = str(threads)
-    env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
-           "NUMBA_NUM_THREADS": n, "CUDA_VISIBLE_DEVICES": "", "TQDM_DISABLE": "1"}
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([python, str(Path(__file__).resolve()), "--worker", str(spec_path), str(out_path)],
-                                env=env, cwd=spec.get("cwd", case_dir), stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    load_after = os.getloadavg()
-    if code != 0 or not out_path.is_file():
-        tail = log_path.read_text()[-6000:]
-        raise RuntimeError(f"{spec['case']}: the child failed (exit {code}); its output ends:\n{tail}")
-    result = json.loads(out_path.read_text())
-    result.update(total_s=round(wall, 2), cpu_s=round(usage.ru_utime + usage.ru_stime, 1),
-                  peak_rss_mib=round(usage.ru_maxrss / 1024, 1),   # Linux: KiB
-                  loadavg_before=[round(x, 2) for x in load_before], loadavg_after=[round(x, 2) for x in load_after])
-    return result
+    return run_worker(python, __file__, spec, case_dir, threads,
+                      extra_env={"TQDM_DISABLE": "1"}, cwd=spec.get("cwd", case_dir))
 
 
 def write_checkpoint(folder: Path, weights: str | None, seed: int) -> dict:

@@ -56,6 +56,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from child_run import run_worker  # noqa: E402  (beside this script)
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "ts_classification"
 CASES = ("mtp_mptsnet", "mtp_inception_time", "aeon_inception_time", "aeon_minirocket", "mtp_minirocket")
@@ -325,29 +327,10 @@ def peer_python(given: str | None) -> str:
 
 def run_child(python: str, spec: dict, case_dir: Path, threads: int) -> dict:
     """One case in a fresh interpreter: its result, wall time and its own peak RSS (wait4 rusage)."""
-    spec_path, out_path, log_path = case_dir / "spec.json", case_dir / "result.json", case_dir / "log.txt"
-    spec_path.write_text(json.dumps(spec))
     n = str(threads)
-    env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
-           "NUMBA_NUM_THREADS": n, "TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n,
-           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), "CUDA_VISIBLE_DEVICES": ""}
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([python, str(Path(__file__).resolve()), "--worker", str(spec_path), str(out_path)],
-                                env=env, cwd=case_dir, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - started
-    load_after = os.getloadavg()
-    if code != 0 or not out_path.is_file():
-        tail = log_path.read_text()[-6000:]
-        raise RuntimeError(f"{spec['case']}: the child failed (exit {code}); its output ends:\n{tail}")
-    result = json.loads(out_path.read_text())
-    result.update(total_s=round(wall, 2), cpu_s=round(usage.ru_utime + usage.ru_stime, 1),
-                  peak_rss_mib=round(usage.ru_maxrss / 1024, 1),   # Linux: KiB
-                  loadavg_before=[round(x, 2) for x in load_before], loadavg_after=[round(x, 2) for x in load_after])
-    return result
+    return run_worker(python, __file__, spec, case_dir, threads,
+                      extra_env={"TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n,
+                       "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")})
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,39 @@
+"""Run one benchmark case in a fresh interpreter, so its peak RSS (ru_maxrss from os.wait4) is its own.
+
+The child is `python SCRIPT --worker SPEC OUT`: it reads the case from SPEC (JSON) and writes its result to OUT.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+
+def run_worker(python: str, script: str, spec: dict, case_dir: Path, threads: int, extra_env: dict | None = None,
+               cwd: str | Path | None = None) -> dict:
+    """The child's result, plus total_s, cpu_s, peak_rss_mib and the load averages around it."""
+    case_dir.mkdir(parents=True, exist_ok=True)
+    spec_path, out_path, log_path = case_dir / "spec.json", case_dir / "result.json", case_dir / "log.txt"
+    spec_path.write_text(json.dumps(spec))
+    n = str(threads)
+    env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
+           "NUMBA_NUM_THREADS": n, "CUDA_VISIBLE_DEVICES": "", **(extra_env or {})}
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([python, str(script), "--worker", str(spec_path), str(out_path)],
+                                env=env, cwd=cwd or case_dir, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    load_after = os.getloadavg()
+    if code != 0 or not out_path.is_file():
+        tail = log_path.read_text()[-6000:]
+        raise RuntimeError(f"{spec['case']}: the child failed (exit {code}); its output ends:\n{tail}")
+    result = json.loads(out_path.read_text())
+    result.update(total_s=round(wall, 2), cpu_s=round(usage.ru_utime + usage.ru_stime, 1),
+                  peak_rss_mib=round(usage.ru_maxrss / 1024, 1),   # Linux: KiB
+                  loadavg_before=[round(x, 2) for x in load_before], loadavg_after=[round(x, 2) for x in load_after])
+    return result
