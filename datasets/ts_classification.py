@@ -274,7 +274,8 @@ class SeriesDataset(torch.utils.data.Dataset):
 
 def stratified_split(labels: list, fraction: float, seed: int) -> tuple[list, list]:
     """(train indices, validation indices): `fraction` of each class (at least one where the class has two or
-    more series), drawn with `seed`."""
+    more series), drawn with `seed`. Not sklearn's train_test_split(stratify=...): with archive-sized classes
+    (a handful of series) that can leave a class out of validation or out of training."""
     rng = np.random.default_rng(seed)
     train, val = [], []
     for label in sorted(set(labels), key=_natural_key):

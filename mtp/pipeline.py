@@ -176,7 +176,11 @@ class _PreparedSource:
 
 
 def _name(source) -> str:
-    return " + ".join(str(s) for s in source) if isinstance(source, tuple) else str(source)
+    if isinstance(source, tuple):
+        return " + ".join(_name(s) for s in source)
+    if hasattr(source, "shape") and not isinstance(source, (str, Path)):  # arrays, tensors, frames: not their values
+        return f"<{type(source).__name__} of shape {tuple(source.shape)}>"
+    return str(source)
 
 
 def _describe(err: BaseException) -> str:

@@ -91,9 +91,9 @@ class SpeechSeparationPipeline(TaskPipeline):
     def load(self, source):
         from mtp.datasets.speech_separation import AudioFileError, read_audio
 
-        if isinstance(source, torch.Tensor):
-            raise InputError("speech_separation: give an audio file path, or a (samples,) / (channels, samples) "
-                             "array with separate_array(array, sample_rate)")
+        if not isinstance(source, (str, Path)):  # an array carries no sample rate
+            raise InputError(f"speech_separation: expected an audio file path, got {type(source).__name__}; for "
+                             f"(samples,) or (channels, samples) arrays use separate_array(array, sample_rate)")
         try:
             audio, rate = read_audio(source, mono=False)
         except AudioFileError as err:

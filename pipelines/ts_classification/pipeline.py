@@ -71,8 +71,8 @@ class TSClassificationPipeline(TaskPipeline):
         cls = entry.load()
         state = load_state_dict_file(weights, key=entry.weights_key) if weights else None
         derived = {}
-        if state is not None and not self.exported_state and hasattr(cls, "config_from_state_dict"):
-            derived = cls.config_from_state_dict(state)  # an official checkpoint: its shapes say the config
+        if state is not None and hasattr(cls, "config_from_state_dict"):
+            derived = cls.config_from_state_dict(state)  # the shapes say the config (explicit kwargs still win)
         elif state is None and not kwargs and hasattr(cls, "data_config") and "periods" not in entry.kwargs:
             raise InputError(f"{entry.name}: part of its configuration comes from the training data; train it "
                              f"from a recipe (mtp run) or give weights=...")

@@ -136,3 +136,10 @@ def test_recipe_trains_on_fsdd_mixtures_and_evaluates_the_list(tmp_path, data_di
     assert pipe.config["sample_rate"] == 8000 and pipe.backbone_name == "conv_tasnet"
     again = pipe.evaluate(str(tmp_path / "separation" / "test.csv"))
     assert abs(again["si_snri"] - metrics["si_snri"]) < 1e-3
+
+
+def test_an_array_without_a_rate_is_refused_by_name():
+    pipe = SpeechSeparationPipeline(backbone="conv_tasnet", backbone_kwargs=SMALL_TASNET, pretrained=False,
+                                    device="cpu")
+    with pytest.raises(InputError, match=r"<ndarray of shape \(100,\)>: .*use separate_array\(array, sample_rate\)"):
+        pipe(np.zeros(100))
