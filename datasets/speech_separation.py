@@ -33,6 +33,7 @@ PEAK = 0.9          # wsj0-2mix's and LibriMix's MAX_AMP: no clipping when writt
 LEVEL_DB = -25.0    # RMS of each source before the relative level, dBFS; rarely needs the peak cap
 FSDD_NAME = re.compile(r"^(\d+)_([^_]+)_(\d+)\.wav$")
 FSDD_TRAIN_TAKES = range(10, 50)   # takes 0-4 are the test list's, 5-9 the validation list's
+STREAM_PAUSE_S = (0.1, 0.5)        # pauses between one speaker's utterances in a stream, seconds
 
 
 class AudioFileError(ValueError):
@@ -257,17 +258,31 @@ class FSDDMixtures(SeparationDataset):
     [-snr_range, snr_range] dB; so every epoch differs and a resumed run replays the same mixtures.
     ``mixtures_per_epoch`` defaults to the number of utterances. Decoded files are kept in memory (FSDD
     train takes are ~40 MB as float32).
+
+    ``stream_fraction`` of the items (drawn per item) are instead ``crop_s``-second crops of a two-speaker
+    stream, made as ``make_stream`` makes its long recordings: each of the two speakers' utterances in a row with
+    pauses uniform in ``pause_s``, the crop starting at a random point. Pairs that start together teach a model
+    nothing about speech that begins mid-segment, one speaker talking alone, or words cut at a segment edge,
+    which is what every segment of a long recording holds.
     """
 
     n_src = 2
 
     def __init__(self, root: str | Path | None, takes=FSDD_TRAIN_TAKES, sample_rate: int = 8000,
-                 mixtures_per_epoch: int | None = None, snr_range: float = 2.5, seed: int = 0, cache: bool = True):
+                 mixtures_per_epoch: int | None = None, snr_range: float = 2.5, seed: int = 0, cache: bool = True,
+                 stream_fraction: float = 0.0, crop_s: float = 2.0, pause_s: tuple[float, float] = STREAM_PAUSE_S):
         self.files = fsdd_files(root, takes)
         speakers = sorted({f.speaker for f in self.files})
         if len(speakers) < 2:
             raise ValueError(f"FSDD takes {sorted(set(takes))}: two speakers are needed, found {speakers}")
         self._others = {s: np.array([i for i, f in enumerate(self.files) if f.speaker != s]) for s in speakers}
+        self._by_speaker = {s: np.array([i for i, f in enumerate(self.files) if f.speaker == s]) for s in speakers}
+        if not 0.0 <= stream_fraction <= 1.0:
+            raise ValueError(f"stream_fraction must be within [0, 1], got {stream_fraction}")
+        if stream_fraction > 0 and not crop_s > 0:
+            raise ValueError(f"crop_s must be > 0 seconds, got {crop_s}")
+        self.stream_fraction, self.crop_s = float(stream_fraction), float(crop_s)
+        self.pause = _pause_samples(pause_s, sample_rate)
         self.sample_rate = int(sample_rate)
         self.mixtures_per_epoch = len(self.files) if mixtures_per_epoch is None else int(mixtures_per_epoch)
         if self.mixtures_per_epoch < 1:
@@ -305,8 +320,29 @@ class FSDDMixtures(SeparationDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} mixtures")
         s1, s2, snr = self.draw(index)
+        if self.stream_fraction > 0:
+            rng = np.random.default_rng((self.seed, self.epoch, int(index), 1))  # independent of draw()'s stream
+            if rng.random() < self.stream_fraction:
+                item = self._stream_crop(s1.speaker, s2.speaker, snr, rng, index)
+                if item is not None:
+                    return item
         mixture, sources = mix_sources(self._wave(s1.path), self._wave(s2.path), snr)
         return _item(mixture, sources, f"e{self.epoch}_{index:06d}_{s1.path.stem}+{s2.path.stem}")
+
+    def _stream_crop(self, speaker_a: str, speaker_b: str, snr: float, rng: np.random.Generator,
+                     index: int) -> dict | None:
+        length = int(round(self.crop_s * self.sample_rate))
+        lead = int(rng.integers(length))  # where in the stream the crop starts: anywhere in a word or a pause
+        clips = []
+        for speaker in (speaker_a, speaker_b):
+            # Enough utterances to fill lead + crop even if every one is short; _track reuses them if not.
+            chosen = rng.choice(self._by_speaker[speaker], size=min(12, len(self._by_speaker[speaker])),
+                                replace=False)
+            clips.append([self._wave(self.files[int(i)].path).numpy().astype(np.float64) for i in chosen])
+        mixture, sources = _stream(clips[0], clips[1], lead + length, self.pause, rng, snr=snr)
+        if not bool((sources[:, lead:].abs().amax(dim=1) > 0).all()):
+            return None  # a crop with one speaker silent throughout (only with crops shorter than a pause)
+        return _item(mixture[lead:], sources[:, lead:], f"e{self.epoch}_{index:06d}_stream_{speaker_a}+{speaker_b}")
 
 
 class MixtureList(SeparationDataset):
@@ -504,14 +540,15 @@ class WSJ0Mix(_FolderMixtures):
 # ---------------------------------------------------------------------------------------------- registry entry points
 def fsdd_mixtures(root: str | Path | None = None, split: str = "train", sample_rate: int = 8000,
                   mixtures_per_epoch: int | None = None, snr_range: float = 2.5, seed: int = 0,
-                  mixtures_csv: str | Path | None = None, takes=None) -> SeparationDataset:
+                  mixtures_csv: str | Path | None = None, takes=None, stream_fraction: float = 0.0,
+                  crop_s: float = 2.0) -> SeparationDataset:
     """FSDD two-speaker mixtures: train -> ``FSDDMixtures`` on takes 10-49 (or ``takes``); val/test ->
     ``MixtureList`` on ``mixtures_csv`` or ``<fsdd>/../separation/mixtures_{split}.csv``. ``root`` is the FSDD
-    ``recordings`` folder or its parent."""
+    ``recordings`` folder or its parent. ``stream_fraction``/``crop_s``: see ``FSDDMixtures`` (train only)."""
     recordings = fsdd_recordings_dir(root)
     if split == "train":
         return FSDDMixtures(recordings, FSDD_TRAIN_TAKES if takes is None else takes, sample_rate,
-                            mixtures_per_epoch, snr_range, seed)
+                            mixtures_per_epoch, snr_range, seed, stream_fraction=stream_fraction, crop_s=crop_s)
     if split not in ("val", "test"):
         raise ValueError(f"FSDD mixtures split {split!r}: expected train, val or test")
     csv_path = (resolve_data_path(mixtures_csv) if mixtures_csv is not None
@@ -550,8 +587,37 @@ def _track(clips: list[np.ndarray], length: int, pause: tuple[int, int], rng: np
     return out
 
 
+def _pause_samples(pause_s: tuple[float, float], sample_rate: int) -> tuple[int, int]:
+    pause = (int(round(pause_s[0] * sample_rate)), int(round(pause_s[1] * sample_rate)))
+    if not 0 <= pause[0] <= pause[1]:
+        raise ValueError(f"pause_s must be (low, high) with 0 <= low <= high, got {pause_s}")
+    return pause
+
+
+def _stream(clips_a: list[np.ndarray], clips_b: list[np.ndarray], length: int, pause: tuple[int, int],
+            rng: np.random.Generator, snr: float | None = None, snr_range: float = 2.5, level_db: float = LEVEL_DB,
+            peak: float = PEAK) -> tuple[torch.Tensor, torch.Tensor]:
+    # Each utterance at RMS level_db, A weighted 10^(snr/20) relative to B (snr None: drawn uniform in
+    # +-snr_range after both tracks), the peak capped as in mix_sources.
+    ref = 10.0 ** (level_db / 20.0)
+    tracks = []
+    for clips in (clips_a, clips_b):
+        levelled = []
+        for wave in clips:
+            rms = _rms(wave)
+            if not rms > 0:
+                raise ValueError("a silent utterance (RMS 0) has no level to mix at")
+            levelled.append(wave * (ref / rms))
+        tracks.append(_track(levelled, length, pause, rng))
+    if snr is None:
+        snr = float(rng.uniform(-snr_range, snr_range))
+    sources = np.stack([tracks[0] * 10.0 ** (snr / 40.0), tracks[1] * 10.0 ** (-snr / 40.0)])
+    sources = torch.from_numpy(_cap_peak(sources, peak).astype(np.float32))
+    return sources[0] + sources[1], sources
+
+
 def make_stream(files_a, files_b, duration_s: float, sample_rate: int = 8000, seed: int = 0,
-                pause_s: tuple[float, float] = (0.1, 0.5), snr_range: float = 2.5, *, level_db: float = LEVEL_DB,
+                pause_s: tuple[float, float] = STREAM_PAUSE_S, snr_range: float = 2.5, *, level_db: float = LEVEL_DB,
                 peak: float = PEAK) -> tuple[torch.Tensor, torch.Tensor]:
     """A long two-speaker recording: speaker A's utterances (``files_a``) one after another with pauses
     uniform in ``pause_s`` seconds, likewise B's, the two tracks overlapping; each utterance at RMS
@@ -565,24 +631,17 @@ def make_stream(files_a, files_b, duration_s: float, sample_rate: int = 8000, se
     if length < 1:
         raise ValueError(f"duration_s={duration_s} gives no samples at {sample_rate} Hz")
     rng = np.random.default_rng(seed)
-    pause = (int(round(pause_s[0] * sample_rate)), int(round(pause_s[1] * sample_rate)))
-    if not 0 <= pause[0] <= pause[1]:
-        raise ValueError(f"pause_s must be (low, high) with 0 <= low <= high, got {pause_s}")
-    ref = 10.0 ** (level_db / 20.0)
-    tracks = []
+    pause = _pause_samples(pause_s, sample_rate)
+    clips = []
     for files in (files_a, files_b):
-        clips = []
+        waves = []
         for path in files:
             wave = read_audio(path, sample_rate)[0].numpy().astype(np.float64)
-            rms = _rms(wave)
-            if not rms > 0:
+            if not _rms(wave) > 0:
                 raise AudioFileError(f"{path}: silent (RMS 0): it has no level to mix at")
-            clips.append(wave * (ref / rms))
-        tracks.append(_track(clips, length, pause, rng))
-    snr = float(rng.uniform(-snr_range, snr_range))
-    sources = np.stack([tracks[0] * 10.0 ** (snr / 40.0), tracks[1] * 10.0 ** (-snr / 40.0)])
-    sources = torch.from_numpy(_cap_peak(sources, peak).astype(np.float32))
-    return sources[0] + sources[1], sources
+            waves.append(wave)
+        clips.append(waves)
+    return _stream(clips[0], clips[1], length, pause, rng, snr_range=snr_range, level_db=level_db, peak=peak)
 
 
 class LongStream(SeparationDataset):

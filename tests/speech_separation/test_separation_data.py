@@ -86,6 +86,33 @@ def test_fsdd_mixtures_draws_and_determinism(recordings):
         ds[200]
 
 
+def test_fsdd_mixtures_stream_crops(recordings):
+    ds = FSDDMixtures(recordings, mixtures_per_epoch=60, seed=1, stream_fraction=1.0, crop_s=1.5)
+    items = [ds[i] for i in range(20)]
+    for item in items:
+        assert "_stream_" in item["id"] and item["sources"].shape == (2, 12000)
+        assert torch.equal(item["mixture"], item["sources"].sum(0))
+        assert (item["sources"].abs().amax(dim=1) > 0.01).all()  # both speakers talk in every crop
+        a, b = item["id"].split("_stream_")[1].split("+")
+        assert a != b
+        ratio = _db(item["sources"][0], item["sources"][1])  # levels are per utterance: only roughly +-2.5 dB
+        assert abs(ratio) < 12.0
+    # crops start anywhere: inside words (a source already loud at the first sample) and in pauses
+    assert any(bool(item["sources"][:, :8].abs().amax() > 1e-3) for item in items)
+    assert len({tuple(item["sources"][:, 0].tolist()) for item in items}) > 10
+    replay = FSDDMixtures(recordings, mixtures_per_epoch=60, seed=1, stream_fraction=1.0, crop_s=1.5)
+    assert torch.equal(replay[3]["mixture"], items[3]["mixture"])
+    half = fsdd_mixtures(recordings, split="train", mixtures_per_epoch=200, stream_fraction=0.5, crop_s=1.0)
+    kinds = ["_stream_" in half[i]["id"] for i in range(200)]
+    assert 70 < sum(kinds) < 130
+    none = FSDDMixtures(recordings, mixtures_per_epoch=10, seed=1)  # the default: pairs only, as before
+    assert not any("_stream_" in none[i]["id"] for i in range(10))
+    with pytest.raises(ValueError, match="stream_fraction"):
+        FSDDMixtures(recordings, stream_fraction=1.5)
+    with pytest.raises(ValueError, match="crop_s"):
+        FSDDMixtures(recordings, stream_fraction=0.5, crop_s=0)
+
+
 def test_fsdd_builder_splits(recordings):
     train = fsdd_mixtures(recordings, split="train", mixtures_per_epoch=10)
     assert isinstance(train, FSDDMixtures) and {f.take for f in train.files} == set(range(10, 50))
