@@ -87,3 +87,35 @@ BACKBONES.register("mossformer2_small", "mtp.backbones.mossformer2:MossFormer2",
                    description="a small MossFormer2 (4 blocks, 256 channels) for 8 kHz training on CPU")
 BACKBONES.register("conv_tasnet", "mtp.backbones.conv_tasnet:ConvTasNet", {}, tasks=_SEP, sample_rate=8000,
                    description="Conv-TasNet (Luo & Mesgarani 2019) as torchaudio builds it; the baseline")
+
+# Speech recognition: features (B, n_mels, T) + lengths -> CTC log-probs (B, T', vocabulary + blank) + lengths; the
+# front end (waveform -> features) is part of the model. NeMo's LibriSpeech releases (model version 1.13.0,
+# EncDecCTCModelBPE) as .nemo archives; sizes from the checkpoints' traced shapes. The vocabulary (128 here)
+# is read from each archive's config when it loads.
+_ASR = ["speech_recognition"]
+_NGC = "https://catalog.ngc.nvidia.com/orgs/nvidia/teams/nemo/models/{n} (file: https://api.ngc.nvidia.com/v2/" \
+       "models/nvidia/nemo/{n}/versions/1.13.0/files/{n}.nemo)"
+
+
+def _squeezeformer(size: str, d_model: int, n_layers: int, n_heads: int, time_reduce_idx: int, params: str) -> None:
+    release = f"stt_en_squeezeformer_ctc_{size}_ls"
+    BACKBONES.register(f"squeezeformer_ctc_{size}", "mtp.backbones.squeezeformer:SqueezeformerCTC",
+                       dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, time_reduce_idx=time_reduce_idx,
+                            num_classes=128),
+                       tasks=_ASR, sample_rate=16000, family="squeezeformer_ctc",
+                       detect="mtp.backbones.squeezeformer:detect",
+                       weights={"official": WeightsSpec(filename=f"{release}.nemo", page=_NGC.format(n=release),
+                                                        licence="NGC model card terms (see the page)")},
+                       description=f"Squeezeformer-CTC {size} ({params} params), NeMo's LibriSpeech release "
+                                   f"(Kim et al. 2022)")
+
+
+_squeezeformer("xsmall", 144, 16, 4, 7, "9.0M")
+_squeezeformer("small", 196, 18, 4, 8, "18.6M")
+_squeezeformer("small_medium", 256, 16, 4, 7, "28.2M")
+_squeezeformer("medium", 384, 20, 4, 10, "78.0M")        # not the paper's M (324 wide, reduction before 9)
+_squeezeformer("medium_large", 512, 18, 8, 8, "125.0M")
+_squeezeformer("large", 640, 22, 8, 10, "236.3M")
+BACKBONES.register("conformer_ctc", "mtp.backbones.conformer_ctc:ConformerCTC", {}, tasks=_ASR, sample_rate=16000,
+                   description="torchaudio's Conformer (Gulati et al. 2020) with a CTC head and NeMo's front end; "
+                               "the baseline")
