@@ -118,6 +118,14 @@ class _DepthwiseConv1d(nn.Module):
         return self.conv(x)
 
 
+def _time_last(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, C] -> a [B, C, 1, T] view for a depthwise conv over time. Inference keeps it a channels-last view
+    (oneDNN's depthwise forward is fastest there, and no copy is made); with autograd on, a contiguous copy,
+    because oneDNN's channels-last depthwise backward is several times slower than the plain layout's."""
+    view = x.transpose(1, 2).unsqueeze(2)
+    return view.contiguous() if torch.is_grad_enabled() and x.requires_grad else view
+
+
 class ConvModule(nn.Module):
     """x + depthwise_conv(x) on channels-last x [B, T, C] ('same' padding, odd kernel)."""
 
@@ -130,9 +138,7 @@ class ConvModule(nn.Module):
 
     def forward(self, x):
         conv = self.sequential[1].conv
-        # [B, T, C] seen as a channels-last [B, C, 1, T]: oneDNN's depthwise conv then needs no transposed copies
-        y = F.conv2d(x.transpose(1, 2).unsqueeze(2), conv.weight.unsqueeze(2), padding=(0, conv.padding[0]),
-                     groups=conv.groups)
+        y = F.conv2d(_time_last(x), conv.weight.unsqueeze(2), padding=(0, conv.padding[0]), groups=conv.groups)
         return x + y.squeeze(2).transpose(1, 2)
 
 
@@ -212,8 +218,7 @@ class DilatedDenseNet(nn.Module):
 
     def forward(self, x):
         """x [B, T, C] -> [B, T, C] (the last layer's output)."""
-        # time on the last axis of a [B, C, 1, T] view: channels-last memory for oneDNN, no transposed copy
-        skip = x.transpose(1, 2).unsqueeze(2)
+        skip = _time_last(x)  # time on the last axis of [B, C, 1, T]
         for i in range(self.depth):
             conv, norm, prelu = (getattr(self, f"{name}{i + 1}") for name in ("conv", "norm", "prelu"))
             out = F.conv2d(skip, conv.weight.transpose(2, 3), padding=(0, self.paddings[i]),

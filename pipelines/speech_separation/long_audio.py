@@ -75,9 +75,15 @@ def _crossfade(segment: int, start: int, length: int, overlap: int, like: torch.
     return ramp
 
 
-def match_loudness(estimates: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+def match_loudness(estimates: torch.Tensor, mixture: torch.Tensor, quiet_db: float = 30.0) -> torch.Tensor:
     """Each estimate rescaled to the mixture's RMS, as ClearerVoice's decoder does (separation outputs carry
-    no absolute level: the loss is scale-invariant)."""
+    no absolute level: the loss is scale-invariant). An estimate more than `quiet_db` below the loudest one is
+    what is left on the output of a speaker who is not there (one speaker only): it gets the loudest estimate's
+    gain instead of its own, which would raise that residue to speech level."""
     target = mixture.pow(2).mean().sqrt()
     rms = estimates.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(1e-8)
-    return estimates * (target / rms)
+    gains = target / rms
+    loudest = rms.flatten().argmax()
+    quiet = rms < rms.flatten()[loudest] * 10.0 ** (-quiet_db / 20.0)
+    gains = torch.where(quiet, gains.flatten()[loudest], gains)
+    return estimates * gains

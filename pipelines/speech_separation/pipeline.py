@@ -7,11 +7,17 @@ the input's rate.
   every channel.
 - Long audio runs in overlapping segments (`segment_s`, `overlap_s`) whose speaker order is aligned to the
   previous segment's (see long_audio.py): model memory is bounded by the segment, whatever the length.
-- Each estimate is rescaled to the mixture's RMS (`rescale`), as ClearerVoice does.
+- Each estimate is rescaled to the mixture's RMS (`rescale`), as ClearerVoice does; an estimate 30 dB below
+  the other (one speaker only: the absent speaker's output) keeps the louder one's gain, so it stays quiet.
+
+Bad input: a silent file, NaN or infinite samples, and unreadable files are refused by name (a folder run
+reports them and goes on). Clipped input is separated as it is (the clipping stays in the estimates); the
+fraction of samples at full scale is logged with the file's name.
 """
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,6 +29,8 @@ from mtp.pipeline import InputError, TaskPipeline
 from mtp.pipelines.speech_separation.long_audio import best_permutation, match_loudness, separate_long
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped (16-bit full scale is 32767/32768)
+log = logging.getLogger("mtp.speech_separation")
 
 
 @dataclass
@@ -104,9 +112,16 @@ class SpeechSeparationPipeline(TaskPipeline):
         import torchaudio.functional as AF
 
         audio = item["audio"]
+        bad = int((~torch.isfinite(audio)).sum())
+        if bad:
+            raise InputError(f"the audio has {bad} NaN or infinite samples of {audio.numel()}")
         peak = float(audio.abs().max())
         if peak == 0.0:
             raise InputError("the file is silent (every sample is zero): there is nothing to separate")
+        clipped = float((audio.abs() >= CLIP_LEVEL).float().mean())
+        if clipped > 1e-3:
+            log.warning("%s: %.2f%% of the samples are at full scale (clipped); separated as they are",
+                        item["name"], 100 * clipped)
         channels = audio.mean(dim=0, keepdim=True) if self.config["stereo"] == "downmix" else audio
         if item["rate"] != self.config["sample_rate"]:
             channels = AF.resample(channels, item["rate"], self.config["sample_rate"])
@@ -147,8 +162,6 @@ class SpeechSeparationPipeline(TaskPipeline):
         audio = torch.as_tensor(audio, dtype=torch.float32)
         if audio.dim() not in (1, 2) or audio.shape[-1] == 0:
             raise InputError(f"expected (samples,) or (channels, samples), got shape {tuple(audio.shape)}")
-        if not torch.isfinite(audio).all():
-            raise InputError("the audio has NaN or infinite samples")
         item = {"name": "<array>", "audio": audio if audio.dim() == 2 else audio[None], "rate": int(sample_rate)}
         inputs = self.preprocess(item)
         result = self.postprocess(self.forward([inputs])[0], item, inputs)["sources"]

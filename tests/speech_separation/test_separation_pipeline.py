@@ -2,6 +2,7 @@
 definitions, official MossFormer2 checkpoints load through the pipeline, and files of any rate and channel
 count come back at their own rate and length, one file per speaker, with broken files reported."""
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import soundfile as sf
 import torch
 
 from mtp.pipeline import InputError
-from mtp.pipelines.speech_separation.long_audio import best_permutation, segment_starts, separate_long
+from mtp.pipelines.speech_separation.long_audio import (best_permutation, match_loudness, segment_starts,
+                                                       separate_long)
 from mtp.pipelines.speech_separation.metrics import SeparationMetrics, separation_scores
 from mtp.pipelines.speech_separation.pipeline import SpeechSeparationPipeline
 
@@ -82,7 +84,7 @@ def test_official_mossformer2_checkpoint_loads_and_matches(tmp_path, fixtures_di
     torch.testing.assert_close(out, io["output"][:, 0], atol=1e-5, rtol=0)
 
 
-def test_files_of_any_rate_and_channels_come_back_as_they_came(tmp_path):
+def test_files_of_any_rate_and_channels_come_back_as_they_came(tmp_path, caplog):
     pipe = SpeechSeparationPipeline(backbone="conv_tasnet", backbone_kwargs=SMALL_TASNET, pretrained=False,
                                     device="cpu", segment_s=1.0, overlap_s=0.25)
     inputs = tmp_path / "in"
@@ -93,10 +95,18 @@ def test_files_of_any_rate_and_channels_come_back_as_they_came(tmp_path):
     sf.write(inputs / "phone.flac", (sources.sum(0)[:16000] * 0.3).numpy(), 8000)
     sf.write(inputs / "silence.wav", np.zeros(8000, dtype=np.float32), 16000)
     (inputs / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt not really")
-    report = pipe(str(inputs), output=str(tmp_path / "out"))
+    with_nan = sources.sum(0)[:8000].clone() * 0.3
+    with_nan[100:103] = float("nan")
+    sf.write(inputs / "nan.wav", with_nan.numpy(), 8000, subtype="FLOAT")
+    sf.write(inputs / "loud.wav", (sources.sum(0)[:16000] * 3).clamp(-1, 1).numpy(), 16000)  # clipped
+    with caplog.at_level(logging.WARNING, logger="mtp.speech_separation"):
+        report = pipe(str(inputs), output=str(tmp_path / "out"))
     failed = sorted(f.input.rsplit("/", 1)[-1] for f in report.failures)
-    assert failed == ["broken.wav", "silence.wav"] and report.items_written == 2
+    assert failed == ["broken.wav", "nan.wav", "silence.wav"] and report.items_written == 3
     assert "silent" in next(f.error for f in report.failures if f.input.endswith("silence.wav"))
+    assert "NaN/Inf) at frame 100" in next(f.error for f in report.failures if f.input.endswith("nan.wav"))
+    assert any("loud.wav" in r.getMessage() and "clipped" in r.getMessage() for r in caplog.records)
+    assert sf.info(tmp_path / "out" / "loud_s1.wav").frames == 16000
     for name, rate, frames in (("meeting", 44100, 44100 * 3), ("phone", 8000, 16000)):
         for k in (1, 2):
             info = sf.info(tmp_path / "out" / f"{name}_s{k}.wav")
@@ -104,7 +114,7 @@ def test_files_of_any_rate_and_channels_come_back_as_they_came(tmp_path):
     with pipe.options_for_call({"stereo": "per_channel"}):
         out = pipe.separate_array(stereo.numpy(), 44100)
     assert out.shape == (2, 2, 44100 * 3)
-    with pytest.raises(InputError, match="NaN"):
+    with pytest.raises(InputError, match="800 NaN or infinite samples of 800"):
         pipe.separate_array(np.full(800, np.nan), 8000)
 
 
@@ -143,3 +153,14 @@ def test_an_array_without_a_rate_is_refused_by_name():
                                     device="cpu")
     with pytest.raises(InputError, match=r"<ndarray of shape \(100,\)>: .*use separate_array\(array, sample_rate\)"):
         pipe(np.zeros(100))
+
+
+def test_loudness_matching_keeps_an_absent_speaker_quiet():
+    mixture = two_sources(8000)[0] * 0.1
+    estimates = torch.stack([mixture * 0.5, mixture * 1e-3])  # one speaker only: the other output is residue
+    out = match_loudness(estimates, mixture)
+    rms = out.pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms[0], mixture.pow(2).mean().sqrt())  # the speaker: at the mixture's level
+    assert rms[1] / rms[0] < 10 ** (-50 / 20)  # the residue keeps its 54 dB distance, not raised to speech level
+    both = match_loudness(torch.stack([mixture * 0.5, mixture * 0.05]), mixture)  # two speakers 20 dB apart
+    torch.testing.assert_close(both.pow(2).mean(-1).sqrt(), mixture.pow(2).mean().sqrt().expand(2))  # ClearerVoice
