@@ -32,3 +32,18 @@ DATASETS.register("librimix", f"{_SS}:librimix", {}, tasks=["speech_separation"]
                   description="LibriMix layout (Libri2Mix/wav8k/min/<split>/mix_clean, s1, s2 + metadata CSVs)")
 DATASETS.register("wsj0mix", f"{_SS}:wsj0mix", {}, tasks=["speech_separation"],
                   description="wsj0-2mix layout (wav8k/min/{tr,cv,tt}/{mix,s1,s2})")
+
+_ASR = "mtp.datasets.speech_recognition"
+DATASETS.register("fsdd_digits", f"{_ASR}:fsdd_digits", {}, tasks=["speech_recognition"],
+                  description="FSDD isolated digits as words ('zero'..'nine'): test takes 0-4 (300), train takes 5-49")
+DATASETS.register("fsdd_digit_strings", f"{_ASR}:fsdd_digit_strings", {}, tasks=["speech_recognition"],
+                  description="2-7 FSDD digits of one speaker joined with 0.05-0.3 s pauses, seeded (test fixed, "
+                              "train redrawn every epoch)")
+DATASETS.register("librispeech", f"{_ASR}:librispeech", {}, tasks=["speech_recognition"],
+                  description="LibriSpeech folders (<spk>/<chapter>/*.trans.txt with .flac beside)")
+DATASETS.register("nemo_manifest", f"{_ASR}:nemo_manifest", {}, tasks=["speech_recognition"],
+                  description="NeMo JSON-lines manifests (audio_filepath, duration, text)")
+DATASETS.register("kaldi", f"{_ASR}:kaldi", {}, tasks=["speech_recognition"],
+                  description="Kaldi data dirs (wav.scp with plain paths + text)")
+DATASETS.register("speechbrain_csv", f"{_ASR}:speechbrain_csv", {}, tasks=["speech_recognition"],
+                  description="SpeechBrain CSV (ID,duration,wav,spk_id,wrd with $data_root)")

@@ -1,5 +1,5 @@
-"""Speech separation data: audio I/O, WSJ0-2mix-style mixing, FSDD mixtures (on the fly and from lists),
-LibriMix and wsj0-2mix folders, and long two-speaker streams.
+"""Speech separation data: WSJ0-2mix-style mixing, FSDD mixtures (on the fly and from lists), LibriMix and
+wsj0-2mix folders, and long two-speaker streams (audio I/O lives in datasets/audio.py).
 
 Every dataset returns ``{"mixture": (T,), "sources": (n_src, T), "id": str}`` (float32, at the dataset's
 sample rate) and has ``collate(batch)``, which zero-pads at the end to the batch's longest item and returns
@@ -18,15 +18,15 @@ from __future__ import annotations
 import csv
 import math
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
+# audio I/O lives in mtp.datasets.audio (shared with speech recognition); re-exported here for existing imports
+from mtp.datasets.audio import AudioFileError, _check_wav_complete, read_audio, resample, write_audio  # noqa: F401
 from mtp.files import data_dir, resolve_data_path
 
 PEAK = 0.9          # wsj0-2mix's and LibriMix's MAX_AMP: no clipping when written as 16-bit PCM
@@ -34,105 +34,6 @@ LEVEL_DB = -25.0    # RMS of each source before the relative level, dBFS; rarely
 FSDD_NAME = re.compile(r"^(\d+)_([^_]+)_(\d+)\.wav$")
 FSDD_TRAIN_TAKES = range(10, 50)   # takes 0-4 are the test list's, 5-9 the validation list's
 STREAM_PAUSE_S = (0.1, 0.5)        # pauses between one speaker's utterances in a stream, seconds
-
-
-class AudioFileError(ValueError):
-    """An audio file that cannot be used; the message names the file and what is wrong with it."""
-
-
-# ---------------------------------------------------------------------------------------------- audio I/O
-def _check_wav_complete(path: Path, size: int) -> None:
-    # libsndfile quietly reads a cut WAV up to where the bytes stop; the RIFF header still says how long the
-    # data chunk should be, so compare the two.
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-            return
-        endian = "<" if head[:4] == b"RIFF" else ">"
-        pos = 12
-        while pos + 8 <= size:
-            f.seek(pos)
-            chunk = f.read(8)
-            (length,) = struct.unpack(endian + "I", chunk[4:])
-            if chunk[:4] == b"data":
-                available = size - pos - 8
-                # 0 and 0xFFFFFFFF mean "unknown" (streamed writers): nothing to compare with.
-                if 0 < length < 0xFFFFFFFF and available < length:
-                    raise AudioFileError(f"{path}: truncated WAV: the header declares {length} data bytes, "
-                                         f"the file holds {available}")
-                return
-            pos += 8 + length + (length & 1)
-
-
-def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = True) -> tuple[torch.Tensor, int]:
-    """Read an audio file with soundfile as float32 in [-1, 1].
-
-    Returns ``(wave, sr)``: wave is (T,) when ``mono`` (channels averaged), else (channels, T). With
-    ``sample_rate`` given and different from the file's, the audio is resampled
-    (``torchaudio.functional.resample``) and sr is ``sample_rate``. Missing, unreadable, truncated, empty
-    files and non-finite samples raise ``AudioFileError`` naming the file.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise AudioFileError(f"{path}: no such file")
-    if not path.is_file():
-        raise AudioFileError(f"{path}: not a file")
-    size = path.stat().st_size
-    if size == 0:
-        raise AudioFileError(f"{path}: empty file (0 bytes)")
-    try:
-        info = sf.info(str(path))
-        _check_wav_complete(path, size)
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except AudioFileError:
-        raise
-    except (RuntimeError, TypeError, ValueError, OSError) as err:  # LibsndfileError is a RuntimeError
-        raise AudioFileError(f"{path}: not a readable audio file ({err})") from err
-    if data.shape[0] == 0:
-        raise AudioFileError(f"{path}: no samples (zero-length audio)")
-    if data.shape[0] < info.frames:
-        raise AudioFileError(f"{path}: truncated: the header declares {info.frames} frames, "
-                             f"only {data.shape[0]} could be read")
-    finite = np.isfinite(data)
-    if not finite.all():
-        frame = int(np.argwhere(~finite)[0, 0])
-        raise AudioFileError(f"{path}: non-finite sample (NaN/Inf) at frame {frame}")
-    wave = torch.from_numpy(np.ascontiguousarray(data.T))
-    if mono:
-        wave = wave.mean(0)
-    if sample_rate is not None and int(sample_rate) != sr:
-        wave, sr = resample(wave, sr, int(sample_rate)), int(sample_rate)
-    return wave, sr
-
-
-def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
-    """Band-limited resampling along the last axis (torchaudio's windowed-sinc)."""
-    if orig_sr == new_sr:
-        return wave
-    import torchaudio.functional as AF  # heavy import, only when a rate differs
-
-    return AF.resample(wave.float(), int(orig_sr), int(new_sr))
-
-
-def write_audio(path: str | Path, wave, sample_rate: int, subtype: str = "PCM_16") -> Path:
-    """Write (T,) or (channels, T) audio; the format follows the suffix (WAV when soundfile does not know it).
-
-    ``subtype`` is a soundfile subtype: "PCM_16" (default; samples clipped to [-1, 1] first, since libsndfile
-    would otherwise wrap around), "PCM_24", "FLOAT", ...
-    """
-    path = Path(path)
-    data = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else np.asarray(wave)
-    if data.ndim not in (1, 2) or data.shape[-1] == 0:
-        raise ValueError(f"{path}: expected (T,) or (channels, T) audio with T > 0, got shape {data.shape}")
-    if not np.isfinite(data).all():
-        raise ValueError(f"{path}: audio to write has non-finite samples")
-    data = data.astype(np.float32 if subtype.upper() != "DOUBLE" else np.float64)
-    if subtype.upper().startswith("PCM"):
-        data = np.clip(data, -1.0, 1.0)
-    file_format = None if path.suffix[1:].upper() in sf.available_formats() else "WAV"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), data.T if data.ndim == 2 else data, int(sample_rate), subtype=subtype, format=file_format)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- mixing

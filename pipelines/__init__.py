@@ -15,6 +15,9 @@ TASKS.register("ts_classification", "mtp.pipelines.ts_classification.pipeline:TS
                description="time-series classification: UEA/UCR archives (MPTSNet, InceptionTime, TST, MiniRocket)")
 TASKS.register("speech_separation", "mtp.pipelines.speech_separation.pipeline:SpeechSeparationPipeline",
                extra="audio", description="speech separation: one file per speaker (MossFormer2, Conv-TasNet)")
+TASKS.register("speech_recognition", "mtp.pipelines.speech_recognition.pipeline:SpeechRecognitionPipeline",
+               extra="audio", description="speech recognition (CTC): text, word timings, SRT/VTT (Squeezeformer, "
+                                          "Conformer)")
 
 # Metrics are streaming objects: update(prediction, target) per batch, compute() -> dict at the end.
 _IMG = "mtp.pipelines.image_restoration.metrics"
@@ -31,3 +34,9 @@ METRICS.register("classification", "mtp.pipelines.ts_classification.metrics:Clas
 METRICS.register("separation", "mtp.pipelines.speech_separation.metrics:SeparationMetrics",
                  tasks=["speech_separation"],
                  description="SI-SNR(i) and BSS-eval SDR(i), permutation-invariant, averaged over sources (torchmetrics)")
+METRICS.register("wer", "mtp.pipelines.speech_recognition.metrics:WERMetric", tasks=["speech_recognition"],
+                 description="corpus-level WER and CER in percent (total edits / total reference words or characters, "
+                             "jiwer), both sides normalised (lower case, punctuation removed)")
+METRICS.register("digit_accuracy", "mtp.pipelines.speech_recognition.metrics:DigitAccuracy",
+                 tasks=["speech_recognition"],
+                 description="exact-match share of utterances in percent, when every reference is digit words (FSDD)")
