@@ -82,9 +82,10 @@ BACKBONES.register("mossformer2", "mtp.backbones.mossformer2:MossFormer2", {}, t
                                                     licence="Apache-2.0")},
                    description="MossFormer2 (Zhao et al. 2024), ClearerVoice's 16 kHz 2-speaker model (55.7M params)")
 BACKBONES.register("mossformer2_small", "mtp.backbones.mossformer2:MossFormer2",
-                   dict(in_channels=256, out_channels=256, num_blocks=4, kernel_size=16), tasks=_SEP,
+                   dict(in_channels=256, out_channels=256, num_blocks=2, kernel_size=32), tasks=_SEP,
                    family="mossformer2", sample_rate=8000,
-                   description="a small MossFormer2 (4 blocks, 256 channels) for 8 kHz training on CPU")
+                   description="a small MossFormer2 (2 blocks, 256 channels, 4 ms encoder windows) for 8 kHz "
+                               "training on CPU")
 BACKBONES.register("conv_tasnet", "mtp.backbones.conv_tasnet:ConvTasNet", {}, tasks=_SEP, sample_rate=8000,
                    description="Conv-TasNet (Luo & Mesgarani 2019) as torchaudio builds it; the baseline")
 
