@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import torch
 import torchaudio
-from torch import nn
 
-from mtp.backbones.squeezeformer import (RELEASED_PREPROCESSOR, CTCDecoder, DepthwiseStridingSubsampling,
-                                         MelPreprocessor, check_lengths)
+from mtp.backbones.squeezeformer import (RELEASED_PREPROCESSOR, CTCDecoder, CTCModel,
+                                         DepthwiseStridingSubsampling, MelPreprocessor, check_lengths)
 
 
-class ConformerCTC(nn.Module):
+class ConformerCTC(CTCModel):
     def __init__(self, num_classes: int = 128, feat_in: int = 80, d_model: int = 144, n_layers: int = 16,
                  n_heads: int = 4, ff_expansion_factor: int = 4, conv_kernel_size: int = 31,
                  subsampling_factor: int = 4, dropout: float = 0.1, preprocessor: dict | None = None):
@@ -33,14 +32,6 @@ class ConformerCTC(nn.Module):
             depthwise_conv_kernel_size=conv_kernel_size, dropout=dropout)
         self.decoder = CTCDecoder(d_model, num_classes)
 
-    @property
-    def blank_index(self) -> int:
-        return self.num_classes
-
-    @property
-    def sample_rate(self) -> int:
-        return self.preprocessor.sample_rate
-
     def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor | None = None):
         if features.dim() != 3:
             raise ValueError(f"ConformerCTC: expected features [batch, feat_in, time], got {tuple(features.shape)}")
@@ -50,12 +41,6 @@ class ConformerCTC(nn.Module):
         # torchaudio sizes its padding mask by the longest length, so the time axis must end there
         x, lengths = self.conformer(x[:, :int(lengths.max())], lengths)
         return self.decoder(x.transpose(1, 2)), lengths
-
-    def extract_features(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None):
-        return self.preprocessor(waveform, lengths)
-
-    def transcribe_logits(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None):
-        return self(*self.extract_features(waveform, lengths))
 
 
 __all__ = ["ConformerCTC"]

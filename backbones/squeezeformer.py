@@ -523,7 +523,31 @@ class CTCDecoder(nn.Module):
 
 # ------------------------------------------------------------------------------------------------ the model
 
-class SqueezeformerCTC(nn.Module):
+class CTCModel(nn.Module):
+    """What every CTC acoustic model here shares: a `preprocessor` (waveform -> features), `num_classes` labels
+    and the blank after them (NeMo's convention)."""
+
+    num_classes: int
+    preprocessor: MelPreprocessor
+
+    @property
+    def blank_index(self) -> int:
+        return self.num_classes
+
+    @property
+    def sample_rate(self) -> int:
+        return self.preprocessor.sample_rate
+
+    def extract_features(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None):
+        """waveform [B, N] at `sample_rate`, lengths [B] in samples -> (features, feature_lengths)."""
+        return self.preprocessor(waveform, lengths)
+
+    def transcribe_logits(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None):
+        """waveform [B, N] at `sample_rate` -> (log_probs [B, T', V+1], encoded_lengths [B])."""
+        return self(*self.extract_features(waveform, lengths))
+
+
+class SqueezeformerCTC(CTCModel):
     """NeMo's `EncDecCTCModelBPE` with a Squeezeformer encoder; defaults are the released xsmall model.
 
     forward(features [B, feat_in, T], feature_lengths [B]) -> (log_probs [B, T', num_classes + 1],
@@ -557,14 +581,6 @@ class SqueezeformerCTC(nn.Module):
         self.decoder = CTCDecoder(d_model, num_classes)
 
     @property
-    def blank_index(self) -> int:
-        return self.num_classes
-
-    @property
-    def sample_rate(self) -> int:
-        return self.preprocessor.sample_rate
-
-    @property
     def subsampling_factor(self) -> int:
         return 2 ** sum(1 for m in self.encoder.pre_encode.conv if isinstance(m, nn.Conv2d) and m.stride[0] > 1)
 
@@ -572,14 +588,6 @@ class SqueezeformerCTC(nn.Module):
         dtype = self.encoder.pre_ln.weight.dtype
         encoded, lengths = self.encoder(features.to(dtype), feature_lengths)
         return self.decoder(encoded), lengths
-
-    def extract_features(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None):
-        """waveform [B, N] at `sample_rate`, lengths [B] in samples -> (features, feature_lengths)."""
-        return self.preprocessor(waveform, lengths)
-
-    def transcribe_logits(self, waveform: torch.Tensor, lengths: torch.Tensor | None = None):
-        """waveform [B, N] at `sample_rate` -> (log_probs [B, T', V+1], encoded_lengths [B])."""
-        return self(*self.extract_features(waveform, lengths))
 
 
 # ------------------------------------------------------------------------------------------------ detection
