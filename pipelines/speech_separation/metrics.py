@@ -10,6 +10,8 @@ Each utterance is scored on its own length (batch padding removed); the figures 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 
@@ -29,7 +31,21 @@ def si_snr(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 def sdr(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     from torchmetrics.functional.audio import signal_distortion_ratio
 
-    return signal_distortion_ratio(estimate.double(), reference.double(), filter_length=512).to(estimate.dtype)
+    with _one_thread():
+        return signal_distortion_ratio(estimate.double(), reference.double(), filter_length=512).to(estimate.dtype)
+
+
+@contextmanager
+def _one_thread():
+    # The distortion filter is a batched float64 torch.linalg.solve; with more than one thread, MKL's LU
+    # (DLASWP) rejects its own pivots on some CPUs (seen with torch 2.11 on AMD EPYC: "Pivots given to lu_solve
+    # must all be greater or equal to 1" for every item), while one thread solves them correctly.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def separation_scores(estimate: torch.Tensor, sources: torch.Tensor, mixture: torch.Tensor, with_sdr: bool = True) -> dict:

@@ -3,6 +3,7 @@ definitions, official MossFormer2 checkpoints load through the pipeline, and fil
 count come back at their own rate and length, one file per speaker, with broken files reported."""
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,23 @@ def test_loudness_matching_keeps_an_absent_speaker_quiet():
     assert rms[1] / rms[0] < 10 ** (-50 / 20)  # the residue keeps its 54 dB distance, not raised to speech level
     both = match_loudness(torch.stack([mixture * 0.5, mixture * 0.05]), mixture)  # two speakers 20 dB apart
     torch.testing.assert_close(both.pow(2).mean(-1).sqrt(), mixture.pow(2).mean().sqrt().expand(2))  # ClearerVoice
+
+
+def test_sdr_is_computed_whatever_the_thread_count(data_dir):
+    """torchmetrics' SDR solves a batched float64 system that MKL got wrong with two threads on this machine's
+    CPU (an error for every item); the metric must give the one-thread figures with any thread count."""
+    from mtp.datasets.speech_separation import MixtureList
+
+    items = MixtureList(data_dir / "speech" / "separation" / "mixtures_test.csv",
+                        data_dir / "speech" / "fsdd" / "recordings", 8000)
+    before = torch.get_num_threads()
+    scores = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            scores[threads] = [separation_scores(items[i]["sources"].flip(0) * 0.5 + items[i]["sources"] * 0.5,
+                                                 items[i]["sources"], items[i]["mixture"]) for i in range(3)]
+        finally:
+            torch.set_num_threads(before)
+    for one, two in zip(scores[1], scores[2]):
+        assert math.isfinite(two["sdri"]) and abs(one["sdri"] - two["sdri"]) < 1e-6
