@@ -120,3 +120,36 @@ _squeezeformer("large", 640, 22, 8, 10, "236.3M")
 BACKBONES.register("conformer_ctc", "mtp.backbones.conformer_ctc:ConformerCTC", {}, tasks=_ASR, sample_rate=16000,
                    description="torchaudio's Conformer (Gulati et al. 2020) with a CTC head and NeMo's front end; "
                                "the baseline")
+
+# Medical segmentation: volumes (B, C, D, H, W), every axis a multiple of 32 -> logits (B, out_channels, D, H, W).
+# SwinUNETR presets are the released configurations (Project-MONAI/research-contributions SwinUNETR/BRATS21 and
+# SwinUNETR/BTCV); those checkpoints were trained with MONAI <= 1.4's patch-merging order, hence "legacy".
+# BraTS 2021: 4 channels [flair, t1ce, t1, t2] -> 3 sigmoid regions [TC, WT, ET]; BTCV: 1 CT channel -> 14 classes.
+_MED = ["medical_segmentation"]
+_SWIN_FILES = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
+_SWIN_PAGE = "https://github.com/Project-MONAI/research-contributions/tree/main/SwinUNETR/{task}#models ({file})"
+_SWIN_COMMON = dict(depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24], window_size=7, patch_size=2, mlp_ratio=4.0,
+                    patch_merging="legacy")
+
+
+def _swinunetr(name: str, in_channels: int, out_channels: int, feature_size: int, weights: dict, about: str) -> None:
+    BACKBONES.register(name, "mtp.backbones.swinunetr:SwinUNETR",
+                       dict(_SWIN_COMMON, in_channels=in_channels, out_channels=out_channels, feature_size=feature_size),
+                       tasks=_MED, family="swinunetr", weights_key="state_dict", size_multiple=32, weights=weights,
+                       description=f"SwinUNETR (Hatamizadeh et al. 2022) {about}; MONAI's names, legacy patch merging")
+
+
+def _swin_release(task: str, filename: str, note: str = "") -> WeightsSpec:
+    return WeightsSpec(filename=filename, page=_SWIN_PAGE.format(task=task, file=_SWIN_FILES + filename + note),
+                       key="state_dict", licence="Apache-2.0")
+
+
+_BRATS21_FOLDS = ("8854", "9059", "8981", "8924", "9035")  # the file names carry each fold's validation Dice
+_swinunetr("swinunetr_brats21", 4, 3, 48,
+           {f"fold{k}": _swin_release("BRATS21", f"fold{k}_f48_ep300_4gpu_dice0_{dice}.zip", "; a zip holding model.pt")
+            for k, dice in enumerate(_BRATS21_FOLDS)},
+           "BraTS 2021, feature size 48 (62.2M params), 5 fold releases")
+for _size, _fs, _params in (("base", 48, "62.2M"), ("small", 24, "15.7M"), ("tiny", 12, "4.1M")):
+    _swinunetr(f"swinunetr_btcv_{_size}", 1, 14, _fs,
+               {"official": _swin_release("BTCV", f"swin_unetr.{_size}_5000ep_f{_fs}_lr2e-4_pretrained.pt")},
+               f"BTCV {_size}, feature size {_fs} ({_params} params)")

@@ -7,10 +7,15 @@ different regions) second.
 
 `shift_mask` is either HAT's stored float mask [nW, Nq, Nk] or, cheaper, integer region ids [nW, N] from
 `shifted_window_region_ids`; the fast paths build the mask from the ids instead of reading a stored one.
+
+The attention itself does not care how many axes a window has: 3D (Swin-UNETR) windows use the N-d index
+`relative_position_index((wd, wh, ww))` and region ids from `window_region_ids`, whose windows and tokens
+are flattened first-axis-major like 2D ones.
 """
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +26,27 @@ log = logging.getLogger("mtp.kernels")
 SHIFT_FILL = -100.0
 
 
-def relative_position_index(window_size: int, device=None) -> torch.Tensor:
-    """Swin/HAT index [ws^2, ws^2] into a [(2ws-1)^2, heads] bias table (HAT's relative_position_index_SA)."""
-    ys, xs = _grid(window_size, device)
-    side = 2 * window_size - 1
-    return (ys[:, None] - ys[None, :] + window_size - 1) * side + (xs[:, None] - xs[None, :] + window_size - 1)
+def relative_position_index(window_size, device=None) -> torch.Tensor:
+    """Swin index [N, N] into a [prod(2w-1), heads] bias table, N = prod(w).
+
+    An int is a square 2D window (HAT's relative_position_index_SA, [ws^2, ws^2]); a tuple gives one size per
+    axis, any number of axes (Swin-UNETR's 3D index for (7, 7, 7)). Entry [i, j] is the offset of token i from
+    token j, each axis shifted to be non-negative and the axes combined first-axis-major.
+    """
+    if isinstance(window_size, int):
+        ys, xs = _grid(window_size, device)
+        side = 2 * window_size - 1
+        return (ys[:, None] - ys[None, :] + window_size - 1) * side + (xs[:, None] - xs[None, :] + window_size - 1)
+    sizes = tuple(window_size)
+    if not sizes or any(not isinstance(n, int) or n < 1 for n in sizes):
+        raise ValueError(f"relative_position_index: window_size must be a positive int or a tuple of them, "
+                         f"got {window_size!r}")
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n, device=device) for n in sizes], indexing="ij"))
+    coords = coords.flatten(1)  # [axes, N], first axis slowest
+    index = torch.zeros(coords.shape[1], coords.shape[1], dtype=torch.long, device=device)
+    for axis, n in enumerate(sizes):
+        index = index * (2 * n - 1) + (coords[axis][:, None] - coords[axis][None, :] + n - 1)
+    return index
 
 
 def overlapping_relative_position_index(window_size: int, overlap_window_size: int, device=None) -> torch.Tensor:
@@ -64,6 +85,36 @@ def shifted_window_region_ids(height: int, width: int, window_size: int, shift: 
     ids = row_band[:, None] * 3 + col_band[None, :]
     ids = ids.view(height // window_size, window_size, width // window_size, window_size)
     return ids.permute(0, 2, 1, 3).reshape(-1, window_size * window_size)
+
+
+def window_region_ids(size, window_size, shift_size, device=None) -> torch.Tensor:
+    """Region ids [nW, prod(window)] of an N-d map of `size` (each axis a multiple of its window) rolled by
+    -shift per axis: Swin's 3 bands [0, n-w), [n-w, n-s), [n-s, n) per shifted axis, combined first-axis-major.
+
+    An axis with shift 0 is one region (Swin-UNETR shrinks a window to a small axis and stops shifting it there,
+    while the other axes stay shifted). Windows and tokens are ordered first-axis-major, as window partitions are.
+    """
+    size, window, shift = tuple(size), tuple(window_size), tuple(shift_size)
+    if not len(size) == len(window) == len(shift):
+        raise ValueError(f"window_region_ids: size {size}, window_size {window} and shift_size {shift} need one "
+                         "entry per axis")
+    for n, w, s in zip(size, window, shift):
+        if w < 1 or n % w:
+            raise ValueError(f"window_region_ids: size {size} is not a multiple of window_size {window} "
+                             "(pad the feature map first)")
+        if not 0 <= s < w:
+            raise ValueError(f"window_region_ids: shift_size must be in [0, window) per axis, got {shift} for "
+                             f"window_size {window}")
+    ids = torch.zeros((), dtype=torch.long, device=device)
+    for axis, (n, w, s) in enumerate(zip(size, window, shift)):
+        coords = torch.arange(n, device=device)
+        band = ((coords >= n - w).long() + (coords >= n - s).long()) if s else torch.zeros_like(coords)
+        ids = ids.unsqueeze(-1) * 3 + band.view(*([1] * axis), n)
+    # [n0, n1, ...] -> [n0/w0, w0, n1/w1, w1, ...] -> windows first, then tokens inside a window
+    axes = len(size)
+    ids = ids.view(*[d for n, w in zip(size, window) for d in (n // w, w)])
+    ids = ids.permute(*range(0, 2 * axes, 2), *range(1, 2 * axes, 2))
+    return ids.reshape(-1, math.prod(window))
 
 
 def region_mask(region_ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
