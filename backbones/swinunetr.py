@@ -30,10 +30,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from mtp.kernels import relative_position_index, window_attention
-from mtp.kernels.window import window_region_ids
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from mtp.kernels import relative_position_index, window_attention, window_region_ids
 
 # (d, h, w) offset of each strided sub-volume, in concatenation order
 PATCH_MERGING_ORDERS = {

@@ -22,6 +22,7 @@ from mtp.kernels.window import (
     shifted_window_region_ids,
     window_attention,
     window_attention_reference,
+    window_region_ids,
 )
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "varlen_attention_reference",
     "window_attention",
     "window_attention_reference",
+    "window_region_ids",
 ]
