@@ -453,7 +453,7 @@ class HAT(nn.Module):
         self.upsample = Upsample(upscale, _NUM_FEAT)
         self.conv_last = nn.Conv2d(_NUM_FEAT, in_chans, 3, 1, 1)
 
-        self.apply(_init_weights)
+        self.apply(init_transformer_weights)
 
     def forward_features(self, x):
         x_size = (x.shape[2], x.shape[3])
@@ -480,7 +480,8 @@ class HAT(nn.Module):
         return (x / self.img_range + mean).contiguous()
 
 
-def _init_weights(module):
+def init_transformer_weights(module):
+    """The Swin/ViT initialisation: truncated-normal (std 0.02) Linear weights, zero biases, unit LayerNorms."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mtp.backbones.hat import init_transformer_weights  # the same Swin initialisation
 from mtp.kernels import relative_position_index, window_attention, window_region_ids
 
 # (d, h, w) offset of each strided sub-volume, in concatenation order
@@ -342,7 +343,7 @@ class SwinUNETR(nn.Module):
         self.decoder2 = DecoderBlock(2 * fs, fs)
         self.decoder1 = DecoderBlock(fs, fs)
         self.out = OutBlock(fs, out_channels)
-        self.apply(_init_weights)
+        self.apply(init_transformer_weights)
         self.register_load_state_dict_post_hook(_check_index_buffers)
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -395,16 +396,6 @@ def _check_config(in_channels, out_channels, feature_size, depths, num_heads, wi
         raise ValueError(f"window_size must be a positive int or 3 of them, got {window!r}")
     if any(not 0.0 <= r < 1.0 for r in rates):
         raise ValueError(f"drop_rate, attn_drop_rate and dropout_path_rate must be in [0, 1), got {rates}")
-
-
-def _init_weights(module):
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def _check_index_buffers(model: SwinUNETR, incompatible_keys):
