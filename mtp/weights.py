@@ -167,7 +167,15 @@ def export(pipe, path: Path) -> Path:
 
     from mtp.files import atomic_path, write_text_atomic
 
-    state = {k: v.detach().contiguous().cpu() for k, v in pipe.model.state_dict().items()}
+    state, seen = {}, set()
+    for key, value in pipe.model.state_dict().items():
+        value = value.detach().contiguous().cpu()
+        # Tied tensors (MossFormer2's one rotary table under every layer's key) share storage, which
+        # safetensors refuses; each key gets its own copy, and loading ties nothing back (the values are equal).
+        if value.numel() and value.untyped_storage().data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        state[key] = value
     with atomic_path(path, overwrite=True) as tmp:
         save_file(state, str(tmp))
     kwargs = getattr(pipe.model, "init_config", None) or pipe.model_kwargs

@@ -109,3 +109,22 @@ def test_rejects_bad_input(tiny):
         tiny(torch.zeros(4005))
     with pytest.raises(ValueError, match="in_channels"):
         MossFormer2(in_channels=32, out_channels=64, num_blocks=1)
+
+
+def test_a_trained_pipeline_exports_and_reloads(tmp_path, fixture):
+    """The rotary table is one tensor under every layer's key: export must still write it (safetensors refuses
+    shared storage) and the reloaded model must separate exactly as the exported one."""
+    from mtp import Pipeline
+    from mtp.pipelines.speech_separation.pipeline import SpeechSeparationPipeline
+    from mtp.weights import export
+
+    meta, state, _, _ = fixture
+    pipe = SpeechSeparationPipeline(backbone="mossformer2_small", backbone_kwargs=meta["constructor_kwargs"],
+                                    pretrained=False, device="cpu")
+    pipe.model.load_state_dict(state, strict=True)
+    pipe.model.eval()
+    export(pipe, tmp_path / "model.safetensors")
+    again = Pipeline("speech_separation", weights=str(tmp_path / "model.safetensors"), device="cpu")
+    mixture = torch.randn(1, 4000, generator=torch.Generator().manual_seed(0)) * 0.1
+    with torch.no_grad():
+        assert torch.equal(again.model(mixture), pipe.model(mixture))
