@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mtp.datasets.audio import AudioFileError, read_audio
-from mtp.datasets.speech_separation import fsdd_files, fsdd_recordings_dir
+from mtp.datasets.fsdd import fsdd_files, fsdd_recordings_dir
 from mtp.files import data_dir, resolve_data_path
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,11 @@ from torch.utils.data import Dataset
 
 # audio I/O lives in mtp.datasets.audio (shared with speech recognition); re-exported here for existing imports
 from mtp.datasets.audio import AudioFileError, _check_wav_complete, read_audio, resample, write_audio  # noqa: F401
+from mtp.datasets.fsdd import FSDDFile, fsdd_files, fsdd_recordings_dir  # noqa: F401  (shared with ASR)
 from mtp.files import data_dir, resolve_data_path
 
 PEAK = 0.9          # wsj0-2mix's and LibriMix's MAX_AMP: no clipping when written as 16-bit PCM
 LEVEL_DB = -25.0    # RMS of each source before the relative level, dBFS; rarely needs the peak cap
-FSDD_NAME = re.compile(r"^(\d+)_([^_]+)_(\d+)\.wav$")
 FSDD_TRAIN_TAKES = range(10, 50)   # takes 0-4 are the test list's, 5-9 the validation list's
 STREAM_PAUSE_S = (0.1, 0.5)        # pauses between one speaker's utterances in a stream, seconds
 
@@ -106,49 +105,6 @@ def _missing_message(source: str, missing: list[str], total: int) -> str:
     shown = "; ".join(missing[:5])
     more = f"; ... ({len(missing) - 5} more)" if len(missing) > 5 else ""
     return f"{source}: {len(missing)} of {total} files do not exist: {shown}{more}"
-
-
-@dataclass(frozen=True)
-class FSDDFile:
-    path: Path
-    digit: int
-    speaker: str
-    take: int
-
-
-def fsdd_recordings_dir(root: str | Path | None) -> Path:
-    """The FSDD ``recordings`` folder, given it or its parent (None: $MTP_DATA_DIR/speech/fsdd)."""
-    if root is None:
-        base = data_dir()
-        if base is None:
-            raise ValueError("no FSDD root given and $MTP_DATA_DIR is not set")
-        root = base / "speech" / "fsdd"
-    root = Path(root)
-    folder = root / "recordings" if (root / "recordings").is_dir() else root
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{root}: no FSDD recordings folder (expected {{digit}}_{{speaker}}_{{take}}.wav "
-                                f"files in it or in its recordings/ subfolder)")
-    return folder
-
-
-def fsdd_files(root: str | Path | None, takes=None, speakers=None) -> list[FSDDFile]:
-    """FSDD recordings ``{digit}_{speaker}_{take}.wav`` with a take in ``takes`` (None: all) and a speaker in
-    ``speakers`` (None: all), sorted by speaker, digit, take."""
-    folder = fsdd_recordings_dir(root)
-    takes = None if takes is None else {int(t) for t in takes}
-    speakers = None if speakers is None else set(speakers)
-    found = []
-    for path in folder.iterdir():
-        match = FSDD_NAME.match(path.name)
-        if not match:
-            continue
-        digit, speaker, take = int(match[1]), match[2], int(match[3])
-        if (takes is None or take in takes) and (speakers is None or speaker in speakers):
-            found.append(FSDDFile(path, digit, speaker, take))
-    if not found:
-        raise FileNotFoundError(f"{folder}: no FSDD recordings for takes {sorted(takes) if takes else 'any'}"
-                                f"{'' if speakers is None else f' and speakers {sorted(speakers)}'}")
-    return sorted(found, key=lambda f: (f.speaker, f.digit, f.take))
 
 
 class FSDDMixtures(SeparationDataset):
