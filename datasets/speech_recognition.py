@@ -276,11 +276,12 @@ def fsdd_utterances(root: str | Path | None, takes) -> list[Utterance]:
 
 class FSDDDigitStrings(ASRDataset):
     """Strings of ``lengths`` (inclusive range) digits read by one speaker, from FSDD ``takes`` (see module
-    docstring). ``num_items`` items per epoch; the decoded clips are cached."""
+    docstring). ``num_items`` items per epoch; the decoded clips are cached. ``single_fraction`` of the items
+    are one digit alone (the rest uniform in ``lengths``), so a model also hears isolated words."""
 
     def __init__(self, root: str | Path | None, takes, sample_rate: int = 16000, num_items: int = 300,
                  lengths: tuple[int, int] = (2, 7), pause_s: tuple[float, float] = STRING_PAUSE_S, seed: int = 0,
-                 redraw_each_epoch: bool = False):
+                 redraw_each_epoch: bool = False, single_fraction: float = 0.0):
         utterances = fsdd_utterances(root, takes)
         super().__init__(utterances, sample_rate, source=f"FSDD takes {takes}", cache=True)
         if not 1 <= lengths[0] <= lengths[1]:
@@ -289,6 +290,9 @@ class FSDDDigitStrings(ASRDataset):
             raise ValueError(f"pause_s must be (low, high) with 0 <= low <= high seconds, got {pause_s}")
         if num_items < 1:
             raise ValueError(f"num_items must be >= 1, got {num_items}")
+        if not 0.0 <= single_fraction <= 1.0:
+            raise ValueError(f"single_fraction must be in [0, 1], got {single_fraction}")
+        self.single_fraction = float(single_fraction)
         speakers = sorted({u.id.split("_")[1] for u in utterances})
         self._by_speaker = [np.array([i for i, u in enumerate(utterances) if u.id.split("_")[1] == s])
                             for s in speakers]
@@ -307,6 +311,8 @@ class FSDDDigitStrings(ASRDataset):
         rng = np.random.default_rng((self.seed, self.epoch, index))
         pool = self._by_speaker[int(rng.integers(len(self._by_speaker)))]
         count = int(rng.integers(self.lengths[0], self.lengths[1] + 1))
+        if self.single_fraction and rng.random() < self.single_fraction:
+            count = 1
         clips = [int(c) for c in rng.choice(pool, size=count, replace=count > len(pool))]
         low, high = (int(round(p * self.sample_rate)) for p in self.pause_s)
         return clips, [int(p) for p in rng.integers(low, high + 1, size=count - 1)]
@@ -431,7 +437,8 @@ def fsdd_digits(root: str | Path | None = None, split: str = "test", sample_rate
 
 def fsdd_digit_strings(root: str | Path | None = None, split: str = "test", sample_rate: int = 16000,
                        takes=None, num_items: int | None = None, min_digits: int = 2, max_digits: int = 7,
-                       pause_s: tuple[float, float] = STRING_PAUSE_S, seed: int = 0) -> FSDDDigitStrings:
+                       pause_s: tuple[float, float] = STRING_PAUSE_S, seed: int = 0,
+                       single_fraction: float = 0.0) -> FSDDDigitStrings:
     """FSDD digit strings (test: takes 0-4, 300 strings, fixed; train: takes 5-49, 2700 strings an epoch,
     redrawn every epoch)."""
     if split == "val" and takes is None:
@@ -441,4 +448,4 @@ def fsdd_digit_strings(root: str | Path | None = None, split: str = "test", samp
     items = num_items if num_items is not None else (300 if split != "train" else 2700)
     return FSDDDigitStrings(_fsdd_root(root), chosen, sample_rate, items, (min_digits, max_digits), tuple(pause_s),
                             seed + (0 if split == "test" else 1000 if split == "val" else 2000),
-                            redraw_each_epoch=split == "train")
+                            redraw_each_epoch=split == "train", single_fraction=single_fraction)

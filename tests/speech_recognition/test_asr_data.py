@@ -95,6 +95,19 @@ def test_fsdd_digit_strings_are_seeded_one_speaker_and_redrawn_in_training(fsdd)
     assert test.draw(0) == again.draw(0)  # the test set never changes
 
 
+def test_fsdd_digit_strings_single_fraction_mixes_in_isolated_digits(fsdd):
+    mixed = fsdd_digit_strings(fsdd, split="train", sample_rate=8000, num_items=200, single_fraction=0.4)
+    counts = [len(mixed.draw(i)[0]) for i in range(200)]
+    singles = counts.count(1)
+    assert 50 <= singles <= 110 and max(counts) == 7   # min_digits is 2 here: about 80
+    item = next(mixed[i] for i in range(200) if counts[i] == 1)
+    assert len(item["text"].split()) == 1
+    everything = fsdd_digit_strings(fsdd, split="train", sample_rate=8000, num_items=20, single_fraction=1.0)
+    assert all(len(everything.draw(i)[0]) == 1 for i in range(20))
+    with pytest.raises(ValueError, match="single_fraction"):
+        fsdd_digit_strings(fsdd, split="train", single_fraction=1.5)
+
+
 # ---------------------------------------------------------------------------------------------- written layouts
 def test_nemo_manifest_relative_paths_offsets_and_duration_filter(tmp_path):
     (tmp_path / "audio").mkdir()
