@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtp.kernels import Dropout, attention
+from mtp.kernels import Dropout, attention, varlen_attention
 
 SUBSAMPLING_KERNEL = 3
 TIME_REDUCE_KERNEL = 5
@@ -254,8 +254,10 @@ class ConvModule(nn.Module):
 class RelPositionAttention(nn.Module):
     """Transformer-XL attention: scores = ((q + u) k^T + shift((q + v) p^T)) / sqrt(d_head).
 
-    The content term and the softmax run in mtp.kernels.attention; the position term enters it as an
-    additive bias, computed here because it depends on the queries.
+    The content term and the softmax run in mtp.kernels; the position term enters them as an additive bias,
+    computed here because it depends on the queries. With full context (``keep`` None) a padded batch goes
+    through as packed sequences (``varlen_attention``), so no score is computed for a padded frame; a limited
+    context passes its band mask ``keep`` instead.
     """
 
     def __init__(self, d_model: int, n_heads: int, dropout_att: float, shared_biases=None):
@@ -274,7 +276,7 @@ class RelPositionAttention(nn.Module):
         self.linear_out = nn.Linear(d_model, d_model)
         self.linear_pos = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, x, pos_emb, keep):
+    def forward(self, x, pos_emb, keep, pad_mask):
         batch, time, d_model = x.shape
         heads = (batch, time, self.n_heads, self.d_head)
         q = self.linear_q(x).view(heads)
@@ -284,9 +286,17 @@ class RelPositionAttention(nn.Module):
         q_u = (q + self.pos_bias_u).transpose(1, 2)
         q_v = (q + self.pos_bias_v).transpose(1, 2)
         position_scores = relative_shift(torch.matmul(q_v, p.transpose(-2, -1))) / math.sqrt(self.d_head)
-        out = attention(q_u, k, v, bias=position_scores, mask=keep,
-                        dropout_p=self.dropout_att if self.training else 0.0)
-        return self.linear_out(out.transpose(1, 2).reshape(batch, time, d_model))
+        dropout_p = self.dropout_att if self.training else 0.0
+        if keep is not None or not pad_mask.any():
+            out = attention(q_u, k, v, bias=position_scores, mask=keep, dropout_p=dropout_p).transpose(1, 2)
+        else:   # valid frames are a prefix of each row: pack them; a padded frame's output stays zero
+            valid = ~pad_mask
+            cu_seqlens = torch.nn.functional.pad(valid.sum(1).cumsum(0), (1, 0))
+            packed = varlen_attention(*(t.transpose(1, 2)[valid] for t in (q_u, k, v)), cu_seqlens, cu_seqlens,
+                                      time, time, bias=position_scores, dropout_p=dropout_p)
+            out = x.new_zeros(heads)
+            out[valid] = packed
+        return self.linear_out(out.reshape(batch, time, d_model))
 
 
 def relative_shift(scores: torch.Tensor) -> torch.Tensor:
@@ -339,7 +349,7 @@ class SqueezeformerLayer(nn.Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x, pos_emb, keep, pad_mask):
-        x = self.norm_self_att(x + self.dropout(self.self_attn(self.self_attn_scale(x), pos_emb, keep)))
+        x = self.norm_self_att(x + self.dropout(self.self_attn(self.self_attn_scale(x), pos_emb, keep, pad_mask)))
         x = self.norm_feed_forward1(x + self.dropout(self.feed_forward1(self.feed_forward1_scale(x))))
         x = self.norm_conv(x + self.dropout(self.conv(self.conv_scale(x), pad_mask)))
         return self.norm_feed_forward2(x + self.dropout(self.feed_forward2(self.feed_forward2_scale(x))))
@@ -424,7 +434,8 @@ class TimeReduction(nn.Module):
         x = x.masked_fill(pad_mask[:, :, None], 0.0).transpose(1, 2)
         x = self.pw_conv(self.dw_conv(x)).transpose(1, 2)
         pad_mask = pad_mask[:, ::TIME_REDUCE_STRIDE]
-        keep = keep[:, :, ::TIME_REDUCE_STRIDE, ::TIME_REDUCE_STRIDE]
+        if keep is not None:
+            keep = keep[:, :, ::TIME_REDUCE_STRIDE, ::TIME_REDUCE_STRIDE]
         return x[:, :pad_mask.shape[1]], keep, pad_mask
 
 
@@ -498,10 +509,13 @@ class SqueezeformerEncoder(nn.Module):
             x = layer(x, pos_emb, keep, pad_mask)
         return x.transpose(1, 2), lengths
 
-    def _attention_keep(self, valid: torch.Tensor) -> torch.Tensor:
-        """[B, 1, T, T] bool: query and key both valid (and within the context window, if limited)."""
-        keep = valid[:, :, None] & valid[:, None, :]
+    def _attention_keep(self, valid: torch.Tensor) -> torch.Tensor | None:
+        """A limited context's [B, 1, T, T] bool: query and key both valid and within the window. None for full
+        context: the attention then packs the valid frames itself."""
         left, right = self.att_context_size
+        if left < 0 and right < 0:
+            return None
+        keep = valid[:, :, None] & valid[:, None, :]
         if left >= 0:
             keep = keep.triu(-left)
         if right >= 0:

@@ -418,6 +418,34 @@ def test_varlen_attention_matches_per_sequence_reference(data_dir, causal):
     _assert_same_grads(fast_in, ref_in)
 
 
+def test_varlen_attention_with_padded_bias_matches_reference_and_masked_padded_attention(data_dir):
+    utterances = _japanese_vowels(data_dir, 12)
+    q, cu, max_len = _packed_heads(utterances, heads=2, head_dim=16, seed=0)
+    k, _, _ = _packed_heads(utterances, heads=2, head_dim=16, seed=1)
+    v, _, _ = _packed_heads(utterances, heads=2, head_dim=16, seed=2)
+    lengths = cu.diff()
+    assert len(set(lengths.tolist())) > 2
+    bias = torch.randn(len(utterances), 2, max_len, max_len, generator=torch.Generator().manual_seed(5))
+    fast_in, ref_in = _leaves(q, k, v, bias), _leaves(q, k, v, bias)
+    fast = varlen_attention(*fast_in[:3], cu, cu, max_len, max_len, bias=fast_in[3])
+    ref = varlen_attention_reference(*ref_in[:3], cu, cu, max_len, max_len, bias=ref_in[3])
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=2e-5)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3))
+    fast.backward(grad)
+    ref.backward(grad)
+    _assert_same_grads(fast_in, ref_in)
+    # the same as the padded batch with a key mask, on the valid query rows
+    valid = torch.arange(max_len)[None] < lengths[:, None]
+    def padded(x):
+        out = x.new_zeros(len(utterances), max_len, *x.shape[1:])
+        out[valid] = x.detach()
+        return out.transpose(1, 2)
+    dense = attention(padded(q), padded(k), padded(v), bias=bias, mask=valid[:, None, None, :])
+    torch.testing.assert_close(fast.detach(), dense.transpose(1, 2)[valid], rtol=1e-4, atol=2e-5)
+    with pytest.raises(ValueError, match="bias must be padded"):
+        varlen_attention(q, k, v, cu, cu, max_len, max_len, bias=bias[:, :, :3])
+
+
 def test_varlen_attention_sequence_without_keys_gives_zeros():
     gen = torch.Generator().manual_seed(4)
     q, k = torch.randn(7, 2, 16, generator=gen), torch.randn(4, 2, 16, generator=gen)

@@ -2,6 +2,7 @@
 tiny model run by unmodified NeMo code, and the state-dict manifests of the six released LibriSpeech sizes."""
 import io
 import json
+import logging
 import tarfile
 
 import pytest
@@ -126,12 +127,20 @@ def test_matches_nemo_outputs_and_intermediates(fixture, tiny):
     assert log_probs.shape[-1] == 17 and tiny.blank_index == 16
 
 
-def test_each_utterance_alone_equals_the_padded_batch(fixture, tiny):
-    _, _, ref, _ = fixture
+@pytest.mark.parametrize("context", [None, [6, 2]])
+def test_each_utterance_alone_equals_the_padded_batch(fixture, tiny_kwargs, caplog, context):
+    """Full context: the padded batch's attention runs as packed sequences (varlen_attention); a limited
+    context keeps the dense band mask. Either way each utterance gets what it gets alone."""
+    _, state, ref, _ = fixture
+    model = SqueezeformerCTC(**{**tiny_kwargs, **({"att_context_size": context} if context else {})}).eval()
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad(), caplog.at_level(logging.DEBUG, logger="mtp.kernels"):
+        batched, lengths = model(ref["features"], ref["feature_lengths"])
+    packed = any("varlen_attention" in r.getMessage() for r in caplog.records)
+    assert packed == (context is None)
     with torch.no_grad():
-        batched, lengths = tiny(ref["features"], ref["feature_lengths"])
         for b, n in enumerate(ref["feature_lengths"].tolist()):
-            alone, alone_length = tiny(ref["features"][b:b + 1, :, :n], ref["feature_lengths"][b:b + 1])
+            alone, alone_length = model(ref["features"][b:b + 1, :, :n], ref["feature_lengths"][b:b + 1])
             assert int(alone_length) == int(lengths[b])
             _close(alone[0, :int(lengths[b])], batched[b, :int(lengths[b])])
 
