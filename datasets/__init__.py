@@ -47,3 +47,14 @@ DATASETS.register("kaldi", f"{_ASR}:kaldi", {}, tasks=["speech_recognition"],
                   description="Kaldi data dirs (wav.scp with plain paths + text)")
 DATASETS.register("speechbrain_csv", f"{_ASR}:speechbrain_csv", {}, tasks=["speech_recognition"],
                   description="SpeechBrain CSV (ID,duration,wav,spk_id,wrd with $data_root)")
+
+_MED = "mtp.datasets.medical_segmentation"
+DATASETS.register("medical_folders", f"{_MED}:segmentation_dataset", {}, tasks=["medical_segmentation"],
+                  description="folders of cases (BraTS 2015 one file per modality + brain mask, BraTS 2021 "
+                              "<case>_flair..., BraTS 2023 <case>-t2f...), train/ test/ sub-folders or a seeded val")
+DATASETS.register("decathlon", f"{_MED}:segmentation_dataset", dict(layout="decathlon", regions=None),
+                  tasks=["medical_segmentation"],
+                  description="Medical Segmentation Decathlon task folder (dataset.json, 4D imagesTr, labelsTr)")
+DATASETS.register("nnunet_raw", f"{_MED}:segmentation_dataset", dict(layout="nnunet", regions="nnunet"),
+                  tasks=["medical_segmentation"],
+                  description="nnU-Net v2 raw dataset (imagesTr/<case>_0000, labelsTr, dataset.json; region labels)")
