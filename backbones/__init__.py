@@ -153,3 +153,9 @@ for _size, _fs, _params in (("base", 48, "62.2M"), ("small", 24, "15.7M"), ("tin
     _swinunetr(f"swinunetr_btcv_{_size}", 1, 14, _fs,
                {"official": _swin_release("BTCV", f"swin_unetr.{_size}_5000ep_f{_fs}_lr2e-4_pretrained.pt")},
                f"BTCV {_size}, feature size {_fs} ({_params} params)")
+
+# MONAI's SegResNet (Myronenko 2018) as it is, the baseline of the medical recipes; in/out channels come from the
+# pipeline (modalities, regions).
+BACKBONES.register("segresnet", "monai.networks.nets:SegResNet",
+                   dict(spatial_dims=3, init_filters=8, blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1)),
+                   tasks=_MED, size_multiple=8, description="MONAI SegResNet (Myronenko 2018), 8 initial filters")

@@ -455,6 +455,25 @@ def labels_to_regions(label, regions: dict) -> torch.Tensor:
     return torch.stack(channels).to(torch.float32)
 
 
+def regions_to_labels(masks, regions: dict) -> torch.Tensor:
+    """(R, X, Y, Z) region masks -> (X, Y, Z) int64 class map, the inverse of :func:`labels_to_regions` for nested
+    regions. Larger regions are painted first, so a voxel takes the label of the smallest region holding it; a
+    region's label is the smallest of its values that no region nested in it holds (BraTS 2015: WT - TC -> 2,
+    TC - ET -> 1, ET -> 4). Masks that do not nest (a voxel in ET but not in WT) still give a valid map."""
+    masks = torch.as_tensor(masks)
+    names = list(regions)
+    if masks.ndim != 4 or masks.shape[0] != len(names):
+        raise ValueError(f"masks of shape {tuple(masks.shape)}: expected ({len(names)}, X, Y, Z), one per region "
+                         f"{names}")
+    values = {n: {int(v) for v in regions[n]} for n in names}
+    out = torch.zeros(masks.shape[1:], dtype=torch.int64)
+    for index in sorted(range(len(names)), key=lambda i: -len(values[names[i]])):
+        mine = values[names[index]]
+        own = mine - set().union(*(values[n] for n in names if values[n] < mine))
+        out[masks[index].bool()] = min(own or mine)
+    return out
+
+
 def _mapped_transform_classes():
     """MONAI-based MapTransforms, defined on first use so that importing this module does not import MONAI."""
     global CheckLoadedd, LabelToRegionsd
@@ -612,10 +631,12 @@ class MedicalSegmentationDataset(Dataset):
     state: ``seed`` seeds it; DataLoader workers need ``monai.data.utils.worker_init_fn``."""
 
     def __init__(self, cases: list[dict], transform=None, source: str = "", cache: bool = False,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, repeats: int = 1):
         if not cases:
             raise ValueError(f"{source or 'dataset'}: no cases")
-        self.cases, self.source, self.cache = list(cases), source, cache
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.cases, self.source, self.cache, self.repeats = list(cases), source, cache, int(repeats)
         if transform is None:
             transform = evaluation_transforms(has_mask=all("mask" in c for c in self.cases))
         self.transform = transform
@@ -624,7 +645,7 @@ class MedicalSegmentationDataset(Dataset):
         self._cached: dict[int, dict] = {}
 
     def __len__(self) -> int:
-        return len(self.cases)
+        return len(self.cases) * self.repeats
 
     def _split(self):
         from monai.transforms import Compose, Randomizable
@@ -667,6 +688,7 @@ class MedicalSegmentationDataset(Dataset):
     def __getitem__(self, index: int):
         import copy
 
+        index %= len(self.cases)   # `repeats` passes over the cases make one epoch (fresh random patches each)
         data = self.prepared(index)
         _, tail = self._split()
         if tail is not None:
@@ -704,9 +726,15 @@ def segmentation_dataset(root: str | Path | None = None, split: str = "train", l
                          mask_name: Optional[str] = None, regions="brats2015", patch_size=(96, 96, 96),
                          pixdim=(1.0, 1.0, 1.0), num_samples: int = 1, pos: float = 1.0, neg: float = 1.0,
                          val_fraction: float = 0.2, val_seed: int = 0, cache: bool = False,
-                         seed: Optional[int] = None) -> MedicalSegmentationDataset:
+                         seed: Optional[int] = None, repeats: int = 1) -> Optional[MedicalSegmentationDataset]:
     """A registered dataset: the split's cases through the training chain (train) or the evaluation chain (val,
-    test). ``regions``: a convention name, a dict, None (class map) or 'nnunet' (from the dataset.json)."""
+    test). ``regions``: a convention name, a dict, None (class map) or 'nnunet' (from the dataset.json).
+    ``repeats``: passes over the training cases per epoch. ``val_fraction=0`` without a val/ folder: every
+    training case trains and the val split is None (no validation)."""
+    if split == "val" and val_fraction == 0:
+        path = resolve_data_path(root) if root is not None else None
+        if path is None or not (path.is_dir() and _split_folder(path, "val") is not None):
+            return None
     folder_kwargs = {k: v for k, v in dict(modalities=modalities, label_name=label_name, mask_name=mask_name).items()
                      if v is not None}
     cases = medical_cases(root, split, layout, val_fraction, val_seed, **folder_kwargs)
@@ -721,4 +749,5 @@ def segmentation_dataset(root: str | Path | None = None, split: str = "train", l
         transform = training_transforms(patch_size, pixdim, regions, has_mask, pos, neg, num_samples)
     else:
         transform = evaluation_transforms(pixdim, regions, has_mask)
-    return MedicalSegmentationDataset(cases, transform, source=f"{root} ({split})", cache=cache, seed=seed)
+    return MedicalSegmentationDataset(cases, transform, source=f"{root} ({split})", cache=cache, seed=seed,
+                                      repeats=repeats if split == "train" else 1)

@@ -18,6 +18,9 @@ TASKS.register("speech_separation", "mtp.pipelines.speech_separation.pipeline:Sp
 TASKS.register("speech_recognition", "mtp.pipelines.speech_recognition.pipeline:SpeechRecognitionPipeline",
                extra="audio", description="speech recognition (CTC): text, word timings, SRT/VTT (Squeezeformer, "
                                           "Conformer)")
+TASKS.register("medical_segmentation", "mtp.pipelines.medical_segmentation.pipeline:MedicalSegmentationPipeline",
+               extra="medical", description="3D medical segmentation: NIfTI cases in, masks on the input's grid out "
+                                            "(SwinUNETR, SegResNet)")
 
 # Metrics are streaming objects: update(prediction, target) per batch, compute() -> dict at the end.
 _IMG = "mtp.pipelines.image_restoration.metrics"
@@ -40,3 +43,7 @@ METRICS.register("wer", "mtp.pipelines.speech_recognition.metrics:WERMetric", ta
 METRICS.register("digit_accuracy", "mtp.pipelines.speech_recognition.metrics:DigitAccuracy",
                  tasks=["speech_recognition"],
                  description="exact-match share of utterances in percent, when every reference is digit words (FSDD)")
+METRICS.register("region_overlap", "mtp.pipelines.medical_segmentation.metrics:RegionOverlapMetrics",
+                 tasks=["medical_segmentation"],
+                 description="Dice and HD95 (mm, symmetric 95th percentile) per region on the original grid; "
+                             "empty-region policy stated")

@@ -1,0 +1,307 @@
+"""3D medical segmentation: a case folder of modality files (BraTS 2015/2021/2023 names) or one NIfTI file (3D, or
+4D with the modalities on the last axis) in; a uint8 NIfTI class map out, on the input's own grid with its affine
+and header, so it overlays the input in any viewer (`<case>_seg.nii.gz`; `<case>_prob.nii.gz` with the region
+probabilities on request).
+
+The model predicts one sigmoid channel per region (`regions`, e.g. BraTS WT/TC/ET, which overlap) on the
+processed grid (RAS, `pixdim` spacing, brain-mask crop, z-score inside the brain: the evaluation chain of
+`mtp.datasets.medical_segmentation`); regions above `threshold` are painted into a class map (largest region
+first) and the chain's inverse puts it back on the original grid. Inference runs in sliding windows
+(`roi_size`, `overlap`, `blend`, `sw_batch_size`) whose stitching buffer follows `memory_budget_mib` (see
+`inference.sliding_window_predict`); `mirror_tta` averages mirrored windows.
+
+Evaluation scores the class maps against the reference on the original grid: Dice and HD95 (mm) per region,
+with the empty-region policy of `metrics.region_scores`; `mtp run` writes the per-case rows to `cases.csv`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from mtp.pipeline import InputError, OptionError, TaskPipeline
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass
+class MedicalSegmentationOptions:
+    regions: Any = "brats2015"          # a label convention (mtp.datasets.medical_segmentation) or {name: [labels]}
+    modalities: Optional[list] = None   # channel order of a case folder (default: its modality files, sorted)
+    layout: str = "auto"                # case-folder file names: auto | modality_folder | brats2021 | brats2023
+    pixdim: Optional[list] = field(default_factory=lambda: [1.0, 1.0, 1.0])  # processed grid spacing (None: keep)
+    roi_size: list = field(default_factory=lambda: [96, 96, 96])             # sliding window
+    overlap: float = 0.5
+    blend: str = "gaussian"             # gaussian | constant
+    sw_batch_size: int = 1              # windows per forward
+    memory_budget_mib: Optional[float] = None  # stitching buffer: float32 beside the model if it fits, else
+    #                                            float16 on the CPU, else refused before any forward
+    mirror_tta: bool = False            # average the 8 mirrored copies of each window
+    threshold: float = 0.5              # region probability -> mask
+    probabilities: bool = False         # also write the region probabilities (float32, X x Y x Z x regions)
+    empty_hd95: Any = "diagonal"        # HD95 when one side of a region is empty: diagonal | nan | a value in mm
+    loss: str = "dice_bce"              # training: dice (SwinUNETR's BraTS recipe) | dice_bce
+
+    def validate(self):
+        if not isinstance(self.regions, (str, dict)):
+            raise ValueError(f"regions={self.regions!r}: expected a convention name or {{name: [labels]}}")
+        if self.blend not in ("gaussian", "constant"):
+            raise ValueError(f"blend={self.blend!r}: expected gaussian or constant")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap={self.overlap}: expected 0 <= overlap < 1")
+        if len(self.roi_size) != 3 or min(self.roi_size) < 1:
+            raise ValueError(f"roi_size={self.roi_size}: expected three positive sizes")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold={self.threshold}: expected a probability in (0, 1)")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size={self.sw_batch_size}: expected >= 1")
+        if self.loss not in ("dice", "dice_bce"):
+            raise ValueError(f"loss={self.loss!r}: expected dice or dice_bce")
+
+
+class _Cases(torch.utils.data.Dataset):
+    """Cases (dicts of paths) for evaluation: each is segmented and scored on its original grid."""
+
+    def __init__(self, cases: list[dict]):
+        self.cases = cases
+
+    def __len__(self):
+        return len(self.cases)
+
+    def __getitem__(self, index):
+        return self.cases[index]
+
+    @staticmethod
+    def collate(batch):
+        return batch
+
+
+class MedicalSegmentationPipeline(TaskPipeline):
+    task = "medical_segmentation"
+    default_backbone = "swinunetr_brats21"
+    input_suffixes = NIFTI_SUFFIXES
+    Options = MedicalSegmentationOptions
+    metrics = ("region_overlap",)
+    monitor = ("val_dice", "max")
+    max_batch_items = 1   # a whole volume per item; windows are batched inside
+
+    # ------------------------------------------------------------------ model
+    @property
+    def regions(self) -> dict:
+        from mtp.datasets.medical_segmentation import LABEL_CONVENTIONS
+
+        regions = self.config["regions"]
+        if isinstance(regions, str):
+            if regions not in LABEL_CONVENTIONS:
+                raise OptionError(f"regions={regions!r}: expected one of {', '.join(LABEL_CONVENTIONS)} or a dict")
+            return dict(LABEL_CONVENTIONS[regions])
+        return {str(k): tuple(int(v) for v in values) for k, values in regions.items()}
+
+    def build_model(self, backbone, weights, **kwargs):
+        from mtp.weights import load_into, load_state_dict_file
+
+        entry = self.backbone_entry(backbone)
+        self.backbone_name = entry.name
+        built = {**entry.kwargs, **kwargs}
+        if "in_channels" not in kwargs and self.config["modalities"]:
+            built["in_channels"] = len(self.config["modalities"])
+        if "out_channels" not in kwargs:
+            built["out_channels"] = len(self.regions)
+        if built.get("out_channels") != len(self.regions):
+            raise OptionError(f"{entry.name}: out_channels={built.get('out_channels')} but regions has "
+                              f"{len(self.regions)} ({', '.join(self.regions)})")
+        model = entry.build(**built)
+        self.model_kwargs = built
+        if weights:
+            load_into(model, load_state_dict_file(weights, key=entry.weights_key), source=str(weights))
+        return model
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.model_kwargs.get("in_channels", 1))
+
+    # ------------------------------------------------------------------ inference hooks
+    def is_item_folder(self, folder: Path) -> bool:
+        return any(p.is_file() and p.name.endswith(NIFTI_SUFFIXES) for p in folder.iterdir())
+
+    def case_from_path(self, source: Path) -> dict:
+        """A case dict for a case folder or one NIfTI file (its label, if any, is left out: inference only)."""
+        from mtp.datasets.medical_segmentation import MedicalImageError, folder_cases
+
+        source = Path(source)
+        if source.is_dir():
+            try:
+                case = folder_cases(source, self.config["layout"], modalities=self.config["modalities"])[0]
+            except (MedicalImageError, FileNotFoundError, ValueError) as err:
+                raise InputError(str(err)) from None
+        elif source.is_file() and source.name.endswith(NIFTI_SUFFIXES):
+            stem = source.name[:-len(".nii.gz")] if source.name.endswith(".nii.gz") else source.stem
+            case = {"id": stem, "image": [str(source)], "label": None, "modalities": self.config["modalities"]}
+        else:
+            raise InputError(f"{source}: expected a NIfTI file (.nii.gz, .nii) or a case folder of them")
+        return case
+
+    def load(self, source):
+        if isinstance(source, dict):   # a case dict of paths, as the dataset layouts give
+            case = dict(source)
+        else:
+            case = self.case_from_path(source)
+        case.pop("label", None)
+        return {"name": str(source if not isinstance(source, dict) else case["id"]), "case": case}
+
+    def preprocess(self, item) -> dict:
+        from mtp.datasets.medical_segmentation import (MedicalImageError, MedicalSegmentationDataset,
+                                                       evaluation_transforms)
+
+        case = item["case"]
+        transform = evaluation_transforms(self.config["pixdim"], regions=None, has_mask="mask" in case)
+        try:
+            data = MedicalSegmentationDataset([case], transform).prepared(0)
+        except (MedicalImageError, FileNotFoundError) as err:
+            raise InputError(str(err)) from None
+        image = data["image"]
+        if image.shape[0] != self.in_channels:
+            raise InputError(f"{item['name']}: {image.shape[0]} channel(s) ({', '.join(case.get('modalities') or [])})"
+                             f" but the model takes {self.in_channels}; give modalities=[...] in the model's order")
+        return {"image": image, "transform": transform, "reference": case["image"][0], "id": case["id"]}
+
+    def predict_probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """(C, X, Y, Z) processed volume -> (R, X, Y, Z) region probabilities by sliding windows."""
+        from mtp.pipelines.medical_segmentation.inference import sliding_window_predict
+
+        return sliding_window_predict(self.model, image, self.config["roi_size"], overlap=self.config["overlap"],
+                                      mode=self.config["blend"], sw_batch_size=self.config["sw_batch_size"],
+                                      memory_budget_mib=self.config["memory_budget_mib"],
+                                      mirror_tta=self.config["mirror_tta"], activation="sigmoid",
+                                      out_channels=len(self.regions))
+
+    def forward(self, inputs: list[dict]) -> list:
+        return [self.predict_probabilities(one["image"]) for one in inputs]
+
+    def postprocess(self, output, item, inputs: dict) -> dict:
+        import nibabel as nib
+
+        from mtp.datasets.medical_segmentation import regions_to_labels
+        from mtp.pipelines.medical_segmentation.inference import restore_original_grid
+
+        labels = regions_to_labels(output > self.config["threshold"], self.regions)
+        restored = restore_original_grid(labels, inputs["image"], inputs["reference"], transform=inputs["transform"],
+                                         labels=True)
+        voxel_ml = float(np.prod(nib.load(inputs["reference"]).header.get_zooms()[:3])) / 1000.0
+        from mtp.datasets.medical_segmentation import labels_to_regions
+
+        counts = labels_to_regions(torch.from_numpy(restored), self.regions).sum(dim=(1, 2, 3)).tolist()
+        result = {"name": item["name"], "id": inputs["id"], "labels": restored, "reference": inputs["reference"],
+                  "volumes_ml": {name: round(c * voxel_ml, 3) for name, c in zip(self.regions, counts)}}
+        if self.config["probabilities"]:
+            result["probabilities"] = restore_original_grid(output.float(), inputs["image"], inputs["reference"],
+                                                            transform=inputs["transform"], labels=False)
+        return result
+
+    def output_paths(self, relative: Path) -> list[Path]:
+        stem = self.stem(relative)
+        paths = [relative.with_name(f"{stem}_seg.nii.gz")]
+        if self.config["probabilities"]:
+            paths.append(relative.with_name(f"{stem}_prob.nii.gz"))
+        return paths
+
+    def save(self, result, paths: list[Path], overwrite: bool) -> list[Path]:
+        from mtp.pipelines.medical_segmentation.inference import write_nifti
+
+        written = [write_nifti(result["labels"], paths[0], result["reference"], overwrite=overwrite, labels=True)]
+        if len(paths) > 1:
+            written.append(write_nifti(result["probabilities"], paths[1], result["reference"], overwrite=overwrite,
+                                       labels=False))
+        return written
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluation_dataset(self, data, split: str = "test"):
+        from mtp.datasets.medical_segmentation import MedicalSegmentationDataset, find_cases
+
+        if isinstance(data, MedicalSegmentationDataset):
+            cases = data.cases
+        elif isinstance(data, (list, tuple)):
+            cases = list(data)
+        else:
+            folder = {"modalities": self.config["modalities"]} if self.config["modalities"] else {}
+            cases = find_cases(data, split, self.config["layout"], **folder)
+        missing = [c["id"] for c in cases if not c.get("label")]
+        if missing:
+            raise InputError(f"{data}: case(s) without a reference label cannot be scored: {', '.join(missing)}")
+        return _Cases(cases)
+
+    def evaluation_step(self, batch) -> tuple:
+        """Cases -> (class maps on the original grid, [{label, spacing, case}]) for RegionOverlapMetrics."""
+        import nibabel as nib
+
+        predictions, references = [], []
+        for case in batch:
+            item = self.load(case)
+            inputs = self.preprocess(item)
+            predictions.append(self.postprocess(self.forward([inputs])[0], item, inputs)["labels"])
+            reference = nib.load(case["label"])
+            values = np.asarray(reference.dataobj)
+            if values.shape != predictions[-1].shape:
+                raise InputError(f"{case['label']}: label grid {values.shape} differs from the image's "
+                                 f"{predictions[-1].shape}")
+            references.append({"label": np.rint(values).astype(np.int64), "case": case["id"],
+                                "spacing": tuple(float(z) for z in reference.header.get_zooms()[:3])})
+        return predictions, references
+
+    def metric_kwargs(self, name: str, options: dict) -> dict:
+        self.case_rows: list[dict] = []   # filled by the metric, written by write_artifacts
+        return {"regions": self.regions, "empty_hd95": self.config["empty_hd95"], "rows": self.case_rows}
+
+    # ------------------------------------------------------------------ training
+    def dataset_kwargs(self, split: str) -> dict:
+        kwargs = {"regions": self.config["regions"], "pixdim": self.config["pixdim"]}
+        if self.config["modalities"]:
+            kwargs["modalities"] = self.config["modalities"]
+        return kwargs
+
+    def _loss_fn(self):
+        if getattr(self, "_loss", None) is None:
+            from monai.losses import DiceCELoss, DiceLoss
+
+            self._loss = (DiceLoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5) if self.config["loss"] == "dice"
+                          else DiceCELoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5))
+        return self._loss
+
+    def _batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = batch["image"], batch["label"]
+        image = image.as_tensor() if hasattr(image, "as_tensor") else image
+        label = label.as_tensor() if hasattr(label, "as_tensor") else label
+        device = next(self.model.parameters()).device
+        return image.to(device), label.to(device)
+
+    def training_loss(self, batch):
+        image, label = self._batch(batch)
+        return self._loss_fn()(self.model(image), label)
+
+    def validation_metrics(self, batch) -> dict:
+        """Whole validation volumes by sliding windows: mean Dice over regions (the monitor) and the loss."""
+        image, label = self._batch(batch)
+        dice, losses = [], []
+        for one, target in zip(image, label):
+            probs = self.predict_probabilities(one).to(target.device)
+            pred = probs > self.config["threshold"]
+            truth = target > 0.5
+            for r in range(pred.shape[0]):
+                both = pred[r].sum() + truth[r].sum()
+                dice.append(1.0 if both == 0 else float(2 * (pred[r] & truth[r]).sum() / both))
+            logits = torch.logit(probs.clamp(1e-6, 1 - 1e-6))
+            losses.append(self._loss_fn()(logits[None], target[None].float()))
+        return {"val_loss": torch.stack(losses).mean(), "val_dice": torch.tensor(float(np.mean(dice)))}
+
+    def write_artifacts(self, run_dir: Path, splits: dict, recipe) -> list[Path]:
+        from mtp.pipelines.medical_segmentation.metrics import RegionMetrics
+
+        rows = getattr(self, "case_rows", None)
+        if not rows:
+            return []
+        table = RegionMetrics(self.regions, self.config["empty_hd95"])
+        table.rows = list(rows)
+        return [table.write_csv(run_dir / "cases.csv")]

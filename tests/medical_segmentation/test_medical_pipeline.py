@@ -1,0 +1,154 @@
+"""The medical_segmentation pipeline end to end on small BraTS-2015-style cases written with a non-identity
+affine: folder runs write class maps on each input's own grid (affine and shape of the input), broken cases are
+reported while the rest completes, the recipe flow trains, tests (Dice/HD95 per region, cases.csv) and exports a
+model that reloads to the same output."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from mtp import Pipeline
+from mtp.datasets.medical_segmentation import BRATS_REGIONS, labels_to_regions, regions_to_labels
+from mtp.pipeline import InputError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SHAPE = (40, 36, 24)
+AFFINE = np.array([[-1.2, 0, 0, 30.0], [0, -1.0, 0, 20.0], [0, 0, 1.5, -10.0], [0, 0, 0, 1]])  # LPS, anisotropic
+
+
+def write(path, array, affine=AFFINE):
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array), affine), str(path))
+    return path
+
+
+def case(folder, seed):
+    """A bright blob in FLAIR (the whole tumour) with an enhancing core brighter in T1c, inside a brain mask."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"))
+    centre = np.array([20 + rng.integers(-4, 5), 18 + rng.integers(-4, 5), 12])[:, None, None, None]
+    radius = np.sqrt((((grid - centre) * np.array([1.2, 1.0, 1.5])[:, None, None, None]) ** 2).sum(0))
+    label = np.where(radius < 8, 2, 0) + np.where(radius < 5, -1, 0) + np.where(radius < 3, 3, 0)  # 2, 1, 4
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[3:-3, 3:-3, 2:-2] = 1
+    flair = rng.normal(0, 0.3, SHAPE) + 2.0 * (label > 0)
+    t1c = rng.normal(0, 0.3, SHAPE) + 2.0 * (label == 4)
+    write(folder / "Flair_subtrMeanDivStd.nii.gz", (flair * mask).astype(np.float32))
+    write(folder / "T1c_subtrMeanDivStd.nii.gz", (t1c * mask).astype(np.float32))
+    write(folder / "brainmask.nii.gz", mask)
+    write(folder / "OTMultiClass.nii.gz", label.astype(np.uint8))
+    return folder
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    root = tmp_path / "brats"
+    for split, seeds in (("train", (0, 1)), ("test", (2,))):
+        for seed in seeds:
+            case(root / split / f"case{seed}", seed)
+    return root
+
+
+def small_pipeline(**options):
+    return Pipeline("medical_segmentation", backbone="segresnet", pretrained=False, device="cpu",
+                    modalities=["Flair", "T1c"], roi_size=[32, 32, 16], **options)
+
+
+def test_regions_to_labels_inverts_labels_to_regions():
+    label = torch.tensor([0, 1, 2, 3, 4, 2]).view(1, 1, 6).expand(2, 1, 6).clone()
+    regions = labels_to_regions(label, BRATS_REGIONS)
+    back = regions_to_labels(regions, BRATS_REGIONS)
+    # 3 (non-enhancing) is part of TC but not ET: it comes back as TC's own label, 1
+    assert back[0, 0].tolist() == [0, 1, 2, 1, 4, 2]
+    assert torch.equal(labels_to_regions(back, BRATS_REGIONS), regions)
+    with pytest.raises(ValueError, match="one per region"):
+        regions_to_labels(regions[:2], BRATS_REGIONS)
+
+
+def test_folder_run_writes_masks_on_the_input_grid_and_reports_broken_cases(dataset, tmp_path):
+    import nibabel as nib
+
+    inputs = tmp_path / "cases"
+    for name in ("case0", "case2"):
+        src = dataset / ("train" if name == "case0" else "test") / name
+        for f in src.iterdir():
+            if f.name != "OTMultiClass.nii.gz":
+                write(inputs / name / f.name, nib.load(f).get_fdata().astype(np.float32))
+    broken = inputs / "broken"
+    broken.mkdir()
+    (broken / "Flair_subtrMeanDivStd.nii.gz").write_bytes(
+        (inputs / "case0" / "Flair_subtrMeanDivStd.nii.gz").read_bytes()[:200])   # truncated
+    (broken / "T1c_subtrMeanDivStd.nii.gz").write_bytes((inputs / "case0" / "T1c_subtrMeanDivStd.nii.gz").read_bytes())
+    pipe = small_pipeline(probabilities=True)
+    out = tmp_path / "masks"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = pipe(inputs, output=out)
+    assert not report.ok and [f.input for f in report.failures] == [str(broken)]
+    assert "Flair_subtrMeanDivStd" in report.failures[0].error
+    for name in ("case0", "case2"):
+        seg = nib.load(out / f"{name}_seg.nii.gz")
+        assert seg.shape == SHAPE and seg.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(seg.affine, AFFINE, atol=1e-5)
+        assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 4}
+        assert nib.load(out / f"{name}_prob.nii.gz").shape == SHAPE + (3,)
+    first = (out / "case0_seg.nii.gz").read_bytes()
+    again = pipe(inputs, output=out)          # done items are skipped, nothing overwritten
+    assert (out / "case0_seg.nii.gz").read_bytes() == first and not again.ok
+
+
+def test_wrong_channel_count_is_refused_with_the_case_named(dataset):
+    pipe = Pipeline("medical_segmentation", backbone="segresnet", pretrained=False, device="cpu",
+                    modalities=["Flair", "T1c"], backbone_kwargs={"in_channels": 3})
+    with pytest.raises(InputError, match=r"case2.*2 channel\(s\).*takes 3"):
+        pipe(dataset / "test" / "case2")
+    with pytest.raises(InputError, match="NIfTI"):
+        pipe(dataset / "test" / "case2" / "missing.txt")
+
+
+def test_recipe_trains_tests_per_region_and_exports_a_model_that_reloads(dataset, tmp_path, monkeypatch):
+    from mtp.config import load_recipe
+    from mtp.engine import run
+
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("segresnet_brats2015", [
+        f"data.root={dataset}", "data.kwargs.patch_size=[16,16,16]", "data.kwargs.num_samples=2",
+        "data.kwargs.repeats=3", "train.epochs=2", "train.threads=1", "options.roi_size=[32,32,16]",
+        "output.name=med_tiny"])
+    result = run(recipe, progress=False)
+    metrics = result["metrics"]
+    assert metrics["cases"] == 1 and set(BRATS_REGIONS) <= {k[:2] for k in metrics if k.endswith("_dice")}
+    assert all(0.0 <= metrics[f"{r}_dice"] <= 1.0 for r in BRATS_REGIONS)
+    run_dir = tmp_path / "runs" / "med_tiny"
+    rows = (run_dir / "cases.csv").read_text().splitlines()
+    assert rows[0].startswith("case,WT_dice,WT_hd95") and rows[1].startswith("case2,") and rows[-1].startswith("mean")
+    assert json.loads((run_dir / "metrics.json").read_text())["metrics"] == metrics
+    log = (run_dir / "logs" / "metrics.csv").read_text().splitlines()
+    assert len(log) >= 3   # a train_loss row per epoch: 3 steps each
+    reloaded = Pipeline("medical_segmentation", weights=str(run_dir / "model.safetensors"), device="cpu")
+    assert reloaded.config["modalities"] == ["Flair", "T1c"] and reloaded.config["roi_size"] == [32, 32, 16]
+    scored = reloaded.evaluate(str(dataset), split="test")
+    assert {k: scored[k] for k in metrics if k.endswith("_dice")} == {k: metrics[k] for k in metrics
+                                                                       if k.endswith("_dice")}
+
+
+def test_validation_scores_whole_volumes_by_sliding_window(dataset, tmp_path, monkeypatch):
+    from mtp.config import load_recipe
+    from mtp.engine import run
+
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("segresnet_brats2015", [
+        f"data.root={dataset}", "data.kwargs.patch_size=[16,16,16]", "data.kwargs.num_samples=1",
+        "data.kwargs.repeats=1", "data.kwargs.val_fraction=0.5", "train.epochs=1", "train.threads=1",
+        "options.roi_size=[32,32,16]", "output.name=med_val"])
+    run(recipe, progress=False)
+    log = (tmp_path / "runs" / "med_val" / "logs" / "metrics.csv").read_text().splitlines()
+    header = log[0].split(",")
+    row = next(line.split(",") for line in log[1:] if line.split(",")[header.index("val_dice")])
+    assert 0.0 <= float(row[header.index("val_dice")]) <= 1.0 and float(row[header.index("val_loss")]) > 0
+    assert (tmp_path / "runs" / "med_val" / "checkpoints" / "best.ckpt").is_file()
