@@ -42,6 +42,7 @@ class MedicalSegmentationOptions:
     mirror_tta: bool = False            # average the 8 mirrored copies of each window
     threshold: float = 0.5              # region probability -> mask
     probabilities: bool = False         # also write the region probabilities (float32, X x Y x Z x regions)
+    overlay: bool = False               # also write <case>_overlay.png (axial/coronal/sagittal through the tumour)
     empty_hd95: Any = "diagonal"        # HD95 when one side of a region is empty: diagonal | nan | a value in mm
     loss: str = "dice_bce"              # training: dice (SwinUNETR's BraTS recipe) | dice_bce
 
@@ -206,16 +207,33 @@ class MedicalSegmentationPipeline(TaskPipeline):
         paths = [relative.with_name(f"{stem}_seg.nii.gz")]
         if self.config["probabilities"]:
             paths.append(relative.with_name(f"{stem}_prob.nii.gz"))
+        if self.config["overlay"]:
+            paths.append(relative.with_name(f"{stem}_overlay.png"))
         return paths
 
     def save(self, result, paths: list[Path], overwrite: bool) -> list[Path]:
         from mtp.pipelines.medical_segmentation.inference import write_nifti
+        from mtp.pipelines.medical_segmentation.plots import write_overlay
 
         written = [write_nifti(result["labels"], paths[0], result["reference"], overwrite=overwrite, labels=True)]
-        if len(paths) > 1:
-            written.append(write_nifti(result["probabilities"], paths[1], result["reference"], overwrite=overwrite,
-                                       labels=False))
+        for path in paths[1:]:
+            if path.name.endswith("_prob.nii.gz"):
+                written.append(write_nifti(result["probabilities"], path, result["reference"], overwrite=overwrite,
+                                           labels=False))
+            else:
+                written.append(write_overlay(self._slices(result["reference"], result["labels"]), path,
+                                             title=result["id"], overwrite=overwrite))
         return written
+
+    @staticmethod
+    def _slices(image_path: str, prediction: np.ndarray, reference: np.ndarray | None = None) -> dict:
+        import nibabel as nib
+
+        from mtp.pipelines.medical_segmentation.plots import overlay_slices
+
+        image = nib.load(image_path)
+        values = np.asarray(image.dataobj, dtype=np.float32)
+        return overlay_slices(values if values.ndim == 3 else values[..., 0], image.affine, prediction, reference)
 
     # ------------------------------------------------------------------ evaluation
     def evaluation_dataset(self, data, split: str = "test"):
@@ -249,10 +267,12 @@ class MedicalSegmentationPipeline(TaskPipeline):
                                  f"{predictions[-1].shape}")
             references.append({"label": np.rint(values).astype(np.int64), "case": case["id"],
                                 "spacing": tuple(float(z) for z in reference.header.get_zooms()[:3])})
+            self.case_slices[case["id"]] = self._slices(case["image"][0], predictions[-1], references[-1]["label"])
         return predictions, references
 
     def metric_kwargs(self, name: str, options: dict) -> dict:
         self.case_rows: list[dict] = []   # filled by the metric, written by write_artifacts
+        self.case_slices: dict[str, dict] = {}   # overlay slices per case, drawn by write_artifacts
         return {"regions": self.regions, "empty_hd95": self.config["empty_hd95"], "rows": self.case_rows}
 
     # ------------------------------------------------------------------ training
@@ -302,6 +322,14 @@ class MedicalSegmentationPipeline(TaskPipeline):
         rows = getattr(self, "case_rows", None)
         if not rows:
             return []
+        from mtp.pipelines.medical_segmentation.plots import write_overlay
+
         table = RegionMetrics(self.regions, self.config["empty_hd95"])
         table.rows = list(rows)
-        return [table.write_csv(run_dir / "cases.csv")]
+        written = [table.write_csv(run_dir / "cases.csv")]
+        scores = {row["case"]: row for row in rows}
+        for case_id, slices in getattr(self, "case_slices", {}).items():
+            dice = ", ".join(f"{r} Dice {scores[case_id][f'{r}_dice']:.3f}" for r in self.regions)
+            written.append(write_overlay(slices, run_dir / "overlays" / f"{case_id}.png", title=f"{case_id}: {dice}",
+                                         overwrite=True))
+        return written

@@ -84,7 +84,7 @@ def test_folder_run_writes_masks_on_the_input_grid_and_reports_broken_cases(data
     (broken / "Flair_subtrMeanDivStd.nii.gz").write_bytes(
         (inputs / "case0" / "Flair_subtrMeanDivStd.nii.gz").read_bytes()[:200])   # truncated
     (broken / "T1c_subtrMeanDivStd.nii.gz").write_bytes((inputs / "case0" / "T1c_subtrMeanDivStd.nii.gz").read_bytes())
-    pipe = small_pipeline(probabilities=True)
+    pipe = small_pipeline(probabilities=True, overlay=True)
     out = tmp_path / "masks"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -97,6 +97,7 @@ def test_folder_run_writes_masks_on_the_input_grid_and_reports_broken_cases(data
         np.testing.assert_allclose(seg.affine, AFFINE, atol=1e-5)
         assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 4}
         assert nib.load(out / f"{name}_prob.nii.gz").shape == SHAPE + (3,)
+        assert (out / f"{name}_overlay.png").read_bytes()[:4] == b"\x89PNG"
     first = (out / "case0_seg.nii.gz").read_bytes()
     again = pipe(inputs, output=out)          # done items are skipped, nothing overwritten
     assert (out / "case0_seg.nii.gz").read_bytes() == first and not again.ok
@@ -128,6 +129,7 @@ def test_recipe_trains_tests_per_region_and_exports_a_model_that_reloads(dataset
     rows = (run_dir / "cases.csv").read_text().splitlines()
     assert rows[0].startswith("case,WT_dice,WT_hd95") and rows[1].startswith("case2,") and rows[-1].startswith("mean")
     assert json.loads((run_dir / "metrics.json").read_text())["metrics"] == metrics
+    assert (run_dir / "overlays" / "case2.png").read_bytes()[:4] == b"\x89PNG"
     log = (run_dir / "logs" / "metrics.csv").read_text().splitlines()
     assert len(log) >= 3   # a train_loss row per epoch: 3 steps each
     reloaded = Pipeline("medical_segmentation", weights=str(run_dir / "model.safetensors"), device="cpu")
