@@ -149,6 +149,11 @@ _swinunetr("swinunetr_brats21", 4, 3, 48,
            {f"fold{k}": _swin_release("BRATS21", f"fold{k}_f48_ep300_4gpu_dice0_{dice}.zip", "; a zip holding model.pt")
             for k, dice in enumerate(_BRATS21_FOLDS)},
            "BraTS 2021, feature size 48 (62.2M params), 5 fold releases")
+# Untrained, for recipes: current MONAI's patch-merging order; channels come from the pipeline (modalities, regions).
+BACKBONES.register("swinunetr", "mtp.backbones.swinunetr:SwinUNETR",
+                   dict(_SWIN_COMMON, patch_merging="merging", in_channels=1, out_channels=1, feature_size=24),
+                   tasks=_MED, family="swinunetr", weights_key="state_dict", size_multiple=32,
+                   description="SwinUNETR (Hatamizadeh et al. 2022), MONAI's names, to train with a recipe")
 for _size, _fs, _params in (("base", 48, "62.2M"), ("small", 24, "15.7M"), ("tiny", 12, "4.1M")):
     _swinunetr(f"swinunetr_btcv_{_size}", 1, 14, _fs,
                {"official": _swin_release("BTCV", f"swin_unetr.{_size}_5000ep_f{_fs}_lr2e-4_pretrained.pt")},
