@@ -80,7 +80,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from child_run import run_worker  # noqa: E402  (beside this script)
+from child_run import run_worker, state_dict_hash  # noqa: E402  (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "squeezeformer"
@@ -94,18 +94,6 @@ NEMO_CLASSES = {"preprocessor": "nemo.collections.asr.modules.AudioToMelSpectrog
                 "encoder": "nemo.collections.asr.modules.SqueezeformerEncoder",
                 "decoder": "nemo.collections.asr.modules.ConvASRDecoder"}
 NEMO_MODEL_CLASS = "nemo.collections.asr.models.ctc_bpe_models.EncDecCTCModelBPE"
-
-
-def state_dict_hash(state_dict) -> str:
-    """sha256 over every entry's name, dtype, shape and bytes, by name."""
-    import torch
-
-    digest = hashlib.sha256()
-    for key, tensor in sorted(state_dict.items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def _set_threads(threads: int) -> None:

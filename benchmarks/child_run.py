@@ -4,6 +4,7 @@ The child is `python SCRIPT --worker SPEC OUT`: it reads the case from SPEC (JSO
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -37,3 +38,15 @@ def run_worker(python: str, script: str, spec: dict, case_dir: Path, threads: in
                   peak_rss_mib=round(usage.ru_maxrss / 1024, 1),   # Linux: KiB
                   loadavg_before=[round(x, 2) for x in load_before], loadavg_after=[round(x, 2) for x in load_after])
     return result
+
+
+def state_dict_hash(state_dict) -> str:
+    """sha256 over every entry's name, dtype, shape and bytes, by name."""
+    import torch
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(state_dict.items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

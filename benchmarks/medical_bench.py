@@ -64,7 +64,6 @@ machine: read the load averages.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -75,7 +74,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from child_run import run_worker  # noqa: E402  (beside this script)
+from child_run import run_worker, state_dict_hash  # noqa: E402  (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 1.3                       # the issue: at least 1.3x MONAI's throughput, no more memory
@@ -122,18 +121,6 @@ def fixture_atol() -> dict:
                 "source": str(FIXTURE)}
     except (OSError, KeyError, ValueError):
         return {**FALLBACK_ATOL, "source": "built-in copy of the fixture's values (fixture not found)"}
-
-
-def state_dict_hash(state_dict) -> str:
-    """sha256 over every entry's name, dtype, shape and bytes, by name."""
-    import torch
-
-    digest = hashlib.sha256()
-    for key, tensor in sorted(state_dict.items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def fixture_init_(model, seed: int) -> None:

@@ -53,7 +53,6 @@ otherwise idle machine: read the load averages.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -62,7 +61,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from child_run import run_worker  # noqa: E402  (beside this script)
+from child_run import run_worker, state_dict_hash  # noqa: E402  (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000
@@ -70,18 +69,6 @@ CV_NAME = "MossFormer2_SS_16K"
 GOAL = 1.3              # the issue: at least 1.3x ClearerVoice's throughput, no more memory
 EQUAL_SI_SNR_DB = 60.0  # ours against theirs, every speaker
 EQUAL_REL_DIFF = 1e-4   # max |ours - theirs| / max |theirs|
-
-
-def state_dict_hash(state_dict) -> str:
-    """sha256 over every entry's name, dtype, shape and bytes, by name."""
-    import torch
-
-    digest = hashlib.sha256()
-    for key, tensor in sorted(state_dict.items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def _set_threads(threads: int) -> None:
