@@ -73,14 +73,13 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-from child_run import run_worker, state_dict_hash  # noqa: E402  (beside this script)
+from child_run import peer_python, run_worker, state_dict_hash  # noqa: E402  (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "squeezeformer"
@@ -328,18 +327,6 @@ WORKERS = {"nemo_equal": run_nemo_equal, "nemo": run_nemo_time, "mtp_equal": run
 # Parent: weights, tokenizer, audio
 # --------------------------------------------------------------------------------------------------
 
-def peer_python(given: str | None) -> str:
-    if given:
-        return given
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "asr_peer_env.sh"), "--python"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit("asr_bench: the peer environment (scripts/asr_peer_env.sh) could not be set up; pass "
-                         "--peer-python")
-    return proc.stdout.strip().splitlines()[-1]
-
-
 def run_child(python: str, spec: dict, case_dir: Path, threads: int) -> dict:
     """One case in a fresh interpreter: its result, wall time and its own peak RSS (wait4 rusage)."""
     return run_worker(python, __file__, spec, case_dir, threads,
@@ -533,7 +520,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     for size in sizes:
         manifest(size)
-    peer = peer_python(args.peer_python)
+    peer = peer_python(REPO / "scripts" / "asr_peer_env.sh", args.peer_python, "asr_bench")
 
     with tempfile.TemporaryDirectory(prefix="asr_bench_") as tmp:
         scratch = Path(args.keep) if args.keep else Path(tmp)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,3 +51,15 @@ def state_dict_hash(state_dict) -> str:
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+def peer_python(env_script: Path, given: str | None, who: str) -> str:
+    """The interpreter of a peer benchmark environment: `given`, else what `bash env_script --python` prints
+    (the script builds the environment once)."""
+    if given:
+        return given
+    proc = subprocess.run(["bash", str(env_script), "--python"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"{who}: the peer environment ({env_script.name}) could not be set up; pass --peer-python")
+    return proc.stdout.strip().splitlines()[-1]

@@ -55,13 +55,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from child_run import run_worker, state_dict_hash  # noqa: E402  (beside this script)
+from child_run import peer_python, run_worker, state_dict_hash  # noqa: E402  (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000
@@ -213,18 +212,6 @@ WORKERS = {"clearvoice_equal": run_clearvoice_equal, "clearvoice": run_clearvoic
 # Parent
 # --------------------------------------------------------------------------------------------------
 
-def peer_python(given: str | None) -> str:
-    if given:
-        return given
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "separation_peer_env.sh"), "--python"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit("separation_bench: the peer environment (scripts/separation_peer_env.sh) could not be set "
-                         "up; pass --peer-python")
-    return proc.stdout.strip().splitlines()[-1]
-
-
 def run_child(python: str, spec: dict, case_dir: Path, threads: int) -> dict:
     """One case in a fresh interpreter: its result, wall time and its own peak RSS (wait4 rusage)."""
     return run_worker(python, __file__, spec, case_dir, threads,
@@ -313,7 +300,7 @@ def main(argv=None) -> int:
         parser.error("--speakers: expected two FSDD speakers, comma-separated")
     if "MTP_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
         os.environ["MTP_DATA_DIR"] = str(REPO.parent / "shared" / "data")
-    peer = peer_python(args.peer_python)
+    peer = peer_python(REPO / "scripts" / "separation_peer_env.sh", args.peer_python, "separation_bench")
     base = {"bench": "separation_bench", "model": CV_NAME, "threads": args.threads}
 
     with tempfile.TemporaryDirectory(prefix="separation_bench_") as tmp:

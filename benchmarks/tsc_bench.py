@@ -50,13 +50,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from child_run import run_worker  # noqa: E402  (beside this script)
+from child_run import peer_python, run_worker  # noqa: E402  (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "ts_classification"
@@ -313,18 +312,6 @@ def check_peer_settings(data: dict) -> None:
                          f"InceptionTimeClassifier is given here (Adam 1e-3, ReduceLROnPlateau on the training loss)")
 
 
-def peer_python(given: str | None) -> str:
-    if given:
-        return given
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "tsc_peer_env.sh"), "--python"], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit("tsc_bench: the peer environment (scripts/tsc_peer_env.sh) could not be set up; pass "
-                         "--peer-python or leave out aeon_inception_time (--cases)")
-    return proc.stdout.strip().splitlines()[-1]
-
-
 def run_child(python: str, spec: dict, case_dir: Path, threads: int) -> dict:
     """One case in a fresh interpreter: its result, wall time and its own peak RSS (wait4 rusage)."""
     n = str(threads)
@@ -368,7 +355,8 @@ def main(argv=None) -> int:
             parser.error(f"{case}: no recipe {recipe_path(model, args.dataset).relative_to(REPO)}")
     if "MTP_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
         os.environ["MTP_DATA_DIR"] = str(REPO.parent / "shared" / "data")
-    peer = peer_python(args.peer_python) if "aeon_inception_time" in cases else None
+    peer = (peer_python(REPO / "scripts" / "tsc_peer_env.sh", args.peer_python, "tsc_bench")
+            if "aeon_inception_time" in cases else None)
 
     with tempfile.TemporaryDirectory(prefix="tsc_bench_") as tmp:
         scratch = Path(args.keep) if args.keep else Path(tmp)
