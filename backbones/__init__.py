@@ -159,6 +159,17 @@ for _size, _fs, _params in (("base", 48, "62.2M"), ("small", 24, "15.7M"), ("tin
                {"official": _swin_release("BTCV", f"swin_unetr.{_size}_5000ep_f{_fs}_lr2e-4_pretrained.pt")},
                f"BTCV {_size}, feature size {_fs} ({_params} params)")
 
+# D-Former (Wu et al., NCA 2022): the reference model.py's SegNetwork defaults (Synapse: 1 CT channel, 14 classes,
+# 14-channel heads hard-coded as in the reference). No weights are released. The reference's names are in_chan and
+# num_classes (+ head_channels=None to honour num_classes); deep supervision returns (full, 1/2) logits while
+# model.do_ds is True. Inputs: D a multiple of 16, H and W of 32 (size_multiple 32 covers all three axes).
+BACKBONES.register("dformer", "mtp.backbones.dformer:SegNetwork",
+                   dict(num_classes=14, in_chan=1, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                        patch_size=[2, 4, 4], group_size=[2, 8, 8], deep_supervision=True),
+                   tasks=_MED, family="dformer", size_multiple=32,
+                   description="D-Former (Wu et al. 2022, 50.6M params): local and dilated 3D attention in a U-shaped "
+                               "transformer; the reference code's names, Synapse defaults, to train with a recipe")
+
 # MONAI's SegResNet (Myronenko 2018) as it is, the baseline of the medical recipes; in/out channels come from the
 # pipeline (modalities, regions).
 BACKBONES.register("segresnet", "monai.networks.nets:SegResNet",
