@@ -15,6 +15,7 @@ with the empty-region policy of `metrics.region_scores`; `mtp run` writes the pe
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -106,15 +107,23 @@ class MedicalSegmentationPipeline(TaskPipeline):
 
         entry = self.backbone_entry(backbone)
         self.backbone_name = entry.name
+        # MONAI's networks name their channels in_channels/out_channels; D-Former's reference code in_chan and
+        # num_classes (with head_channels=None so that its heads follow num_classes rather than its fixed 14).
+        names = inspect.signature(entry.load()).parameters
+        in_name, out_name = ("in_chan", "num_classes") if "in_chan" in names else ("in_channels", "out_channels")
         built = {**entry.kwargs, **kwargs}
-        if "in_channels" not in kwargs and self.config["modalities"]:
-            built["in_channels"] = len(self.config["modalities"])
-        if "out_channels" not in kwargs:
-            built["out_channels"] = len(self.regions)
-        if built.get("out_channels") != len(self.regions):
-            raise OptionError(f"{entry.name}: out_channels={built.get('out_channels')} but regions has "
+        if in_name not in kwargs and self.config["modalities"]:
+            built[in_name] = len(self.config["modalities"])
+        if out_name not in kwargs:
+            built[out_name] = len(self.regions)
+            if "head_channels" in names:
+                built["head_channels"] = None
+        if built.get(out_name) != len(self.regions):
+            raise OptionError(f"{entry.name}: {out_name}={built.get(out_name)} but regions has "
                               f"{len(self.regions)} ({', '.join(self.regions)})")
         model = entry.build(**built)
+        if hasattr(model, "do_ds"):
+            model.do_ds = False   # deep supervision only inside training_loss; inference takes the full output
         self.model_kwargs = built
         if weights:
             load_into(model, load_state_dict_file(weights, key=entry.weights_key), source=str(weights))
@@ -122,7 +131,7 @@ class MedicalSegmentationPipeline(TaskPipeline):
 
     @property
     def in_channels(self) -> int:
-        return int(self.model_kwargs.get("in_channels", 1))
+        return int(self.model_kwargs.get("in_channels", self.model_kwargs.get("in_chan", 1)))
 
     # ------------------------------------------------------------------ inference hooks
     def is_item_folder(self, folder: Path) -> bool:
@@ -298,8 +307,24 @@ class MedicalSegmentationPipeline(TaskPipeline):
         return image.to(device), label.to(device)
 
     def training_loss(self, batch):
+        """The loss on the patches; a deep-supervised model (D-Former) adds its coarser outputs against the
+        label resampled to each (nearest), with weights halving per level and normalised to sum to 1."""
         image, label = self._batch(batch)
-        return self._loss_fn()(self.model(image), label)
+        if not hasattr(self.model, "do_ds"):
+            return self._loss_fn()(self.model(image), label)
+        self.model.do_ds = True
+        try:
+            outputs = self.model(image)
+        finally:
+            self.model.do_ds = False
+        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        weights = [0.5 ** level for level in range(len(outputs))]
+        total = 0.0
+        for weight, out in zip(weights, outputs):
+            target = label if out.shape[2:] == label.shape[2:] else \
+                torch.nn.functional.interpolate(label, size=out.shape[2:], mode="nearest")
+            total = total + weight * self._loss_fn()(out, target)
+        return total / sum(weights)
 
     def validation_metrics(self, batch) -> dict:
         """Whole validation volumes by sliding windows: mean Dice over regions (the monitor) and the loss."""

@@ -154,3 +154,27 @@ def test_validation_scores_whole_volumes_by_sliding_window(dataset, tmp_path, mo
     row = next(line.split(",") for line in log[1:] if line.split(",")[header.index("val_dice")])
     assert 0.0 <= float(row[header.index("val_dice")]) <= 1.0 and float(row[header.index("val_loss")]) > 0
     assert (tmp_path / "runs" / "med_val" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_dformer_trains_with_deep_supervision_and_segments_through_the_pipeline(dataset):
+    from mtp.datasets.medical_segmentation import segmentation_dataset
+
+    pipe = Pipeline("medical_segmentation", backbone="dformer", pretrained=False, device="cpu",
+                    modalities=["Flair", "T1c"], roi_size=[32, 32, 32],
+                    backbone_kwargs={"embed_dim": 12, "depths": [2, 2, 2, 2], "num_heads": [1, 1, 2, 2],
+                                     "patch_size": [2, 2, 2], "group_size": [2, 2, 2]})
+    model = pipe.model
+    assert model.in_channels == 2 and model.out_channels == 3 and model.do_ds is False
+    data = segmentation_dataset(dataset, "train", modalities=["Flair", "T1c"], patch_size=(32, 32, 32),
+                                num_samples=1, val_fraction=0.0, seed=0)
+    batch = data.collate([data[0]])
+    model.train()
+    loss = pipe.training_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and model.do_ds is False
+    assert model.final[1][1].weight.grad is not None   # the 1/2-resolution head is supervised
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = pipe(dataset / "test" / "case2")
+    assert result["labels"].shape == SHAPE
