@@ -287,6 +287,18 @@ def test_read_audio_resamples_and_downmixes(tmp_path, recordings):
     torch.testing.assert_close(mono, 0.25 * left, atol=1e-7, rtol=0)
 
 
+@pytest.mark.parametrize("rates", [(8000, 16000), (44100, 16000), (48000, 44100)])
+def test_long_audio_resamples_in_blocks_exactly_as_in_one_pass(rates):
+    import torchaudio.functional as AF
+
+    from mtp.datasets.audio import resample
+
+    orig, new = rates
+    wave = torch.randn(2, orig * 5 + 7, generator=torch.Generator().manual_seed(0))
+    blocked = resample(wave, orig, new, block_s=1.0)       # 5 blocks, each with its filter margins
+    assert torch.equal(blocked, AF.resample(wave, orig, new))
+
+
 def test_write_audio_pcm16_roundtrip_and_clipping(tmp_path):
     wave = torch.tensor([0.0, 0.5, -0.5, 1.7, -3.0])
     back, sr = read_audio(write_audio(tmp_path / "x.part.wav", wave, 8000))
