@@ -127,14 +127,24 @@ class BeamSearchDecoder:
         emissions = log_probs[:length].float().cpu()
         if not self.char:  # the extra silence class: never emitted
             emissions = torch.cat([emissions, torch.full((length, 1), -1e4)], dim=1)
-        best = self.decoder(emissions[None].contiguous(), torch.tensor([length], dtype=torch.int32))[0][0]
+        elif self.lexicon is not None:
+            # A lexicon word ends at its "|" (space), which a character model never emits after the last word:
+            # one added frame that is certainly a space lets the last word end, instead of the search bending
+            # the path to put a space somewhere inside the audio.
+            closing = torch.full((1, emissions.shape[1]), -1e4)
+            closing[0, self.tokens.index(self.SIL)] = 0.0
+            emissions = torch.cat([emissions, closing])
+        frames = emissions.shape[0]
+        best = self.decoder(emissions[None].contiguous(), torch.tensor([frames], dtype=torch.int32))[0][0]
         ids, spans = [], []
         for token, frame in zip(best.tokens.tolist(), best.timesteps.tolist()):
             if token == self.blank or token > self.blank:
                 continue  # the blank and the added silence class are not output tokens
-            ids.append(int(token))
             # flashlight's path starts with a state before frame 0: its timesteps count from 1
             frame = max(0, int(frame) - 1)
+            if frame >= length:
+                continue  # the added closing frame
+            ids.append(int(token))
             spans.append((frame, frame + 1))
         # flashlight pads the path with silences: drop separators at the edges and repeated ones
         keep = [k for k in range(len(ids)) if not (self.tokenizer.is_separator(ids[k]) and

@@ -82,6 +82,19 @@ def test_beam_without_lexicon_finds_the_best_path_and_a_lexicon_constrains_it(tm
     assert word_timings(CHARS, hyp, 0.04)[1]["start"] == pytest.approx(0.24)   # "z" at frame 6
 
 
+def test_a_lexicon_lets_the_last_word_end_without_a_trailing_space(tmp_path):
+    """A character model emits no space after the last word; the lexicon's words end with one. The decoder must
+    not bend the path to fit a space inside the audio (which turned 'three' into 'two' on FSDD)."""
+    frames = [one("t"), "_", {"h": 0.6, "w": 0.4}, "_", {"r": 0.6, "o": 0.4}, "_", {"e": 0.6, " ": 0.4}, "_",
+              {"e": 0.55, "_": 0.45}, "_", "_"]
+    log_probs = matrix(frames)
+    assert CHARS.decode(greedy_decode(log_probs, blank=BLANK).ids) == "three"
+    words = tmp_path / "digits.txt"
+    words.write_text("two\nthree\n")
+    hyp = BeamSearchDecoder(CHARS, BLANK, beam_size=20, lexicon=str(words))(log_probs)
+    assert CHARS.decode(hyp.ids) == "three" and all(end <= len(frames) for _, end in hyp.spans)
+
+
 def test_an_arpa_language_model_changes_the_choice(tmp_path):
     words = tmp_path / "words.txt"
     words.write_text("cat\ncut\nzero\n")
