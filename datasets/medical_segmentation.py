@@ -591,21 +591,28 @@ def evaluation_transforms(pixdim: Optional[Sequence[float]] = (1.0, 1.0, 1.0), r
 def training_transforms(patch_size: Sequence[int] = (96, 96, 96), pixdim: Optional[Sequence[float]] = (1.0, 1.0, 1.0),
                         regions=BRATS_REGIONS, has_mask: bool = False, pos: float = 1.0, neg: float = 1.0,
                         num_samples: int = 1, flip_prob: float = 0.5, intensity_scale: float = 0.1,
-                        intensity_shift: float = 0.1, intensity_prob: float = 1.0):
-    """The evaluation chain, then: pad to `patch_size`, sample `num_samples` patches (centred on foreground with
-    probability pos / (pos + neg)), flip each axis with `flip_prob`, scale intensities by (1 + U(-s, s)) and shift
-    by U(-t, t) (per channel, each with `intensity_prob`)."""
+                        intensity_shift: float = 0.1, intensity_prob: float = 1.0, sampling: str = "posneg",
+                        intensity_channel_wise: bool = True):
+    """The evaluation chain, then: pad to `patch_size`, sample `num_samples` patches (``sampling="posneg"``:
+    centred on foreground with probability pos / (pos + neg); ``"random"``: anywhere, as SwinUNETR's BraTS 2021
+    training does), flip each axis with `flip_prob`, scale intensities by (1 + U(-s, s)) and shift by U(-t, t)
+    (each with `intensity_prob`; per channel unless ``intensity_channel_wise=False``)."""
     import monai.transforms as mt
 
+    if sampling not in ("posneg", "random"):
+        raise ValueError(f"sampling={sampling!r}: expected 'posneg' or 'random'")
     patch = [int(s) for s in patch_size]
     chain = _common_transforms(pixdim, _as_regions(regions), has_mask, True)
     chain += [
         mt.SpatialPadd(["image", "label"], spatial_size=patch, allow_missing_keys=True),
         mt.RandCropByPosNegLabeld(["image", "label"], label_key="label", spatial_size=patch, pos=pos, neg=neg,
-                                  num_samples=num_samples),
+                                  num_samples=num_samples) if sampling == "posneg" else
+        mt.RandSpatialCropSamplesd(["image", "label"], roi_size=patch, num_samples=num_samples, random_size=False),
         *[mt.RandFlipd(["image", "label"], prob=flip_prob, spatial_axis=axis) for axis in range(3)],
-        mt.RandScaleIntensityd("image", factors=intensity_scale, prob=intensity_prob, channel_wise=True),
-        mt.RandShiftIntensityd("image", offsets=intensity_shift, prob=intensity_prob, channel_wise=True),
+        mt.RandScaleIntensityd("image", factors=intensity_scale, prob=intensity_prob,
+                               channel_wise=intensity_channel_wise),
+        mt.RandShiftIntensityd("image", offsets=intensity_shift, prob=intensity_prob,
+                               channel_wise=intensity_channel_wise),
     ]
     return mt.Compose(chain)
 
@@ -726,7 +733,8 @@ def segmentation_dataset(root: str | Path | None = None, split: str = "train", l
                          mask_name: Optional[str] = None, regions="brats2015", patch_size=(96, 96, 96),
                          pixdim=(1.0, 1.0, 1.0), num_samples: int = 1, pos: float = 1.0, neg: float = 1.0,
                          val_fraction: float = 0.2, val_seed: int = 0, cache: bool = False,
-                         seed: Optional[int] = None, repeats: int = 1) -> Optional[MedicalSegmentationDataset]:
+                         seed: Optional[int] = None, repeats: int = 1, sampling: str = "posneg",
+                         intensity_channel_wise: bool = True) -> Optional[MedicalSegmentationDataset]:
     """A registered dataset: the split's cases through the training chain (train) or the evaluation chain (val,
     test). ``regions``: a convention name, a dict, None (class map) or 'nnunet' (from the dataset.json).
     ``repeats``: passes over the training cases per epoch. ``val_fraction=0`` without a val/ folder: every
@@ -746,7 +754,8 @@ def segmentation_dataset(root: str | Path | None = None, split: str = "train", l
         missing = [c["id"] for c in cases if not c.get("label")]
         if missing:
             raise MedicalImageError(f"{root}: training case {missing[0]} has no label file")
-        transform = training_transforms(patch_size, pixdim, regions, has_mask, pos, neg, num_samples)
+        transform = training_transforms(patch_size, pixdim, regions, has_mask, pos, neg, num_samples,
+                                        sampling=sampling, intensity_channel_wise=intensity_channel_wise)
     else:
         transform = evaluation_transforms(pixdim, regions, has_mask)
     return MedicalSegmentationDataset(cases, transform, source=f"{root} ({split})", cache=cache, seed=seed,

@@ -58,7 +58,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    scheduler: str = "none"             # none | halve_per_epoch (thuml) | multistep | cosine | a torch scheduler
+    scheduler: str = "none"             # none | halve_per_epoch | multistep | cosine | warmup_cosine | a torch one
     scheduler_kwargs: dict = field(default_factory=dict)  # that scheduler's arguments (e.g. OneCycleLR max_lr)
     scheduler_interval: Optional[str] = None  # step | epoch; default: step for max_steps recipes, else epoch
     scheduler_monitor: str = "val_loss"  # what ReduceLROnPlateau follows (train_loss: the epoch's mean loss)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import shutil
 import sys
 import time
@@ -117,6 +118,21 @@ def _optimizer_and_schedule(params, train: TrainConfig, steps_per_epoch: int):
         interval = "epoch"
     elif name == "multistep":  # shorthand for MultiStepLR with train.milestones / train.gamma
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, train.milestones, gamma=train.gamma, **kwargs)
+    elif name == "warmup_cosine":
+        # MONAI's research recipes (SwinUNETR BraTS 2021): per epoch, linear from 0 to lr over warmup_epochs
+        # (reaching lr at the last warmup epoch), then cosine to 0 at train.epochs
+        warmup = int(kwargs.pop("warmup_epochs", 0))
+        if kwargs or not 0 <= warmup < train.epochs:
+            raise ValueError(f"train.scheduler_kwargs for warmup_cosine: expected only warmup_epochs in "
+                             f"[0, train.epochs), got {dict(train.scheduler_kwargs)}")
+
+        def factor(epoch: int) -> float:
+            if epoch < warmup:
+                return epoch / max(1, warmup - 1)
+            return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, train.epochs - warmup)))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        interval = "epoch"
     elif name == "cosine":  # shorthand for CosineAnnealingLR over the whole run, stepped per batch
         total = train.max_steps if by_step else train.epochs * steps_per_epoch
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **{"T_max": max(1, total), **kwargs})
@@ -129,7 +145,7 @@ def _optimizer_and_schedule(params, train: TrainConfig, steps_per_epoch: int):
             from mtp.registry import unknown_name_message
 
             raise ValueError("train.scheduler: " + unknown_name_message(
-                "scheduler", name, ["none", "halve_per_epoch", "multistep", "cosine", *valid]))
+                "scheduler", name, ["none", "halve_per_epoch", "multistep", "cosine", "warmup_cosine", *valid]))
         from mtp.config import check_kwargs
 
         check_kwargs(cls, {"optimizer": optimizer, **kwargs}, "train.scheduler_kwargs")

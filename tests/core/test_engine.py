@@ -110,3 +110,28 @@ def test_list_and_info(tmp_path, data_dir, weights_dir):
     assert code == 0, err
     assert info["architecture"]["name"] == "imdn" and info["architecture"]["scale"] == 4
     assert info["task"] == "super_resolution" and info["numel"] == 715176
+
+
+def test_warmup_cosine_schedule_is_linear_then_cosine_per_epoch():
+    import math
+
+    import torch
+
+    from mtp.config import TrainConfig
+    from mtp.engine import _optimizer_and_schedule
+
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    config = _optimizer_and_schedule(params, TrainConfig(epochs=10, lr=1.0, optimizer="adamw", scheduler="warmup_cosine",
+                                                         scheduler_kwargs={"warmup_epochs": 3}), steps_per_epoch=5)
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    lrs = []
+    for _ in range(10):
+        lrs.append(round(optimizer.param_groups[0]["lr"], 4))
+        optimizer.step()
+        schedule.step()
+    assert lrs[:4] == [0.0, 0.5, 1.0, 1.0] and lrs[5] == round(0.5 * (1 + math.cos(math.pi * 2 / 7)), 4)
+    assert lrs[-1] < 0.06
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        _optimizer_and_schedule(params, TrainConfig(epochs=10, scheduler="warmup_cosine",
+                                                    scheduler_kwargs={"warmup_epochs": 10}), steps_per_epoch=5)

@@ -346,3 +346,15 @@ def test_real_brats2015_case_through_the_training_chain(data_dir):
         assert abs(float(values.mean())) < 1e-3 and abs(float(values.std()) - 1) < 1e-3
     label = np.asarray(nib.load(cases[0]["label"]).dataobj)
     assert [int(s) for s in whole["label"].sum((1, 2, 3))] == [counts(label, v) for v in ms.BRATS_REGIONS.values()]
+
+
+def test_random_patch_sampling_and_whole_volume_intensity_augmentation(tmp_path):
+    brats2015_case(tmp_path / "train" / "a", seed=0)
+    data = ms.segmentation_dataset(tmp_path, "train", patch_size=(8, 8, 4), num_samples=3, sampling="random",
+                                   intensity_channel_wise=False, val_fraction=0.0, seed=0)
+    patches = data[0]
+    assert len(patches) == 3 and all(p["image"].shape == (2, 8, 8, 4) for p in patches)
+    names = [type(t).__name__ for t in data.transform.transforms]
+    assert "RandSpatialCropSamplesd" in names and "RandCropByPosNegLabeld" not in names
+    with pytest.raises(ValueError, match="sampling"):
+        ms.training_transforms(sampling="centre")

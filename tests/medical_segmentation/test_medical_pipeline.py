@@ -178,3 +178,26 @@ def test_dformer_trains_with_deep_supervision_and_segments_through_the_pipeline(
         warnings.simplefilter("ignore")
         result = pipe(dataset / "test" / "case2")
     assert result["labels"].shape == SHAPE
+
+
+def test_swinunetr_brats21_recipe_resolves_to_the_official_training():
+    """Project-MONAI/research-contributions SwinUNETR/BRATS21 (main.py, data_utils.py, README command)."""
+    from mtp.config import load_recipe
+    from mtp.registry import BACKBONES
+
+    recipe = load_recipe("swinunetr_brats21")
+    backbone = BACKBONES.get(recipe.backbone.name)
+    assert backbone.kwargs["feature_size"] == 48 and backbone.kwargs["in_channels"] == 4
+    assert backbone.kwargs["patch_merging"] == "legacy"
+    train = recipe.train
+    assert (train.optimizer, train.lr, train.weight_decay, train.epochs, train.batch_size) == ("adamw", 1e-4, 1e-5,
+                                                                                               300, 1)
+    assert train.scheduler == "warmup_cosine" and train.scheduler_kwargs == {"warmup_epochs": 50}
+    assert recipe.options["roi_size"] == [128, 128, 128] and recipe.options["sw_batch_size"] == 4
+    assert recipe.options["overlap"] == 0.5 and recipe.options["loss"] == "dice"
+    assert list(recipe.options["regions"]) == ["TC", "WT", "ET"]
+    assert recipe.options["modalities"] == ["flair", "t1ce", "t1", "t2"]
+    kwargs = recipe.data.kwargs
+    assert kwargs["patch_size"] == [128, 128, 128] and kwargs["sampling"] == "random"
+    assert kwargs["intensity_channel_wise"] is False
+
