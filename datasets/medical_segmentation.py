@@ -37,7 +37,8 @@ else the nonzero voxels of any channel) -> NormalizeIntensityd(nonzero, channel_
 nonzero (brain) voxels, background stays 0 -> label to region channels. Training then pads to the patch, samples
 ``num_samples`` patches centred on foreground with probability pos/(pos+neg) (RandCropByPosNegLabeld), flips
 each axis with ``flip_prob`` and scales/shifts intensities. The evaluation chain is deterministic and invertible:
-``invert_prediction`` maps a prediction on its grid back onto the original file's grid.
+``mtp.pipelines.medical_segmentation.inference.restore_original_grid`` maps a prediction on its grid back onto
+the original file's grid.
 
 Items are dicts: ``image`` (C, X, Y, Z) float32 MetaTensor (its ``meta`` holds the affine, file name and the
 applied transforms), ``label`` (R, X, Y, Z) float32 region channels, or (1, X, Y, Z) int64 class map with
@@ -582,7 +583,7 @@ def _as_regions(regions):
 def evaluation_transforms(pixdim: Optional[Sequence[float]] = (1.0, 1.0, 1.0), regions=BRATS_REGIONS,
                           has_mask: bool = False, crop_foreground: bool = True):
     """Deterministic chain: load, check, RAS, spacing, brain mask, foreground crop, z-score, label -> regions.
-    Every spatial step records itself on the MetaTensor, so :func:`invert_prediction` can undo them."""
+    Every spatial step records itself on the MetaTensor, so the chain's inverse can undo them."""
     from monai.transforms import Compose
 
     return Compose(_common_transforms(pixdim, _as_regions(regions), has_mask, crop_foreground))
@@ -615,16 +616,6 @@ def training_transforms(patch_size: Sequence[int] = (96, 96, 96), pixdim: Option
                                channel_wise=intensity_channel_wise),
     ]
     return mt.Compose(chain)
-
-
-def invert_prediction(prediction, item: dict, transform, nearest: bool = True):
-    """A prediction (C, X, Y, Z) on the grid of `item['image']` (an item of the evaluation chain, unbatched) ->
-    the same on the original file's grid (orientation, spacing and crop undone). `nearest` for class maps or
-    binary masks; False interpolates (probabilities)."""
-    from monai.transforms import Invertd
-
-    invert = Invertd("pred", transform=transform, orig_keys="image", nearest_interp=nearest)
-    return invert({"pred": torch.as_tensor(prediction), "image": item["image"]})["pred"]
 
 
 # ---------------------------------------------------------------------------------------------- dataset

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mtp.datasets import medical_segmentation as ms
+from mtp.pipelines.medical_segmentation.inference import restore_original_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -208,9 +209,9 @@ def test_evaluation_chain_normalises_in_the_mask_and_inverts_to_the_file_grid(tm
         assert abs(float(values.mean())) < 1e-5 and abs(float(values.std(unbiased=False)) - 1) < 1e-4
     label = tumour()
     assert [int(s) for s in item["label"].sum((1, 2, 3))] == [counts(label, v) for v in ms.BRATS_REGIONS.values()]
-    back = ms.invert_prediction(item["label"], item, transform)
+    back = restore_original_grid(item["label"], item["image"], cases[0]["image"][0], transform=transform)
     assert back.shape == (3, *SHAPE)
-    assert torch.equal(back[0].bool(), torch.from_numpy(np.isin(label, (1, 2, 3, 4))))   # LPS->RAS and crop undone
+    assert np.array_equal(back[0].astype(bool), np.isin(label, (1, 2, 3, 4)))   # LPS->RAS and crop undone
 
 
 def test_resampling_without_a_mask_and_mixed_masks(tmp_path):
@@ -224,7 +225,8 @@ def test_resampling_without_a_mask_and_mixed_masks(tmp_path):
     assert all(set(item) == {"image", "label", "id"} for item in items)       # a mask not asked for is dropped
     assert items[0]["image"].shape == (2, 6, 6, 4) and items[1]["label"].shape == (3, 6, 6, 4)
     assert np.allclose(items[0]["image"].affine.diagonal()[:3].numpy(), 2.0)
-    assert ms.invert_prediction(items[1]["label"], items[1], transform).shape == (3, *SHAPE)
+    assert restore_original_grid(items[1]["label"], items[1]["image"], cases[1]["image"][0],
+                                 transform=transform).shape == (3, *SHAPE)
 
 
 def test_registered_dataset_builds(tmp_path):
