@@ -649,7 +649,13 @@ class TaskPipeline:
         device = "cpu" if recipe.train is None or recipe.train.accelerator == "cpu" else "auto"
         return cls(backbone=name, weights=recipe.backbone.weights, device=device,
                    backbone_kwargs=recipe.backbone.kwargs, pretrained=False if recipe.train else None,
-                   **recipe.options)
+                   **cls.recipe_options(recipe))
+
+    @classmethod
+    def recipe_options(cls, recipe) -> dict:
+        """The task options a recipe's pipeline is built with: its `options`, to which a task may add what it
+        derives from the recipe's data (a tokeniser trained on the training transcripts)."""
+        return dict(recipe.options)
 
     def datasets(self, recipe) -> dict:
         """{'train': ..., 'val': ..., 'test': ...}: for each split the recipe needs, `data.for_split(split)`'s

@@ -48,6 +48,8 @@ class RecognitionOptions:
     lm_weight: float = 2.0
     word_score: float = 0.0
     tokenizer_model: Optional[str] = None     # a SentencePiece .model (training subword models from scratch)
+    tokenizer_vocab_size: Optional[int] = None  # recipes: train a SentencePiece tokeniser of at most this many
+    tokenizer_type: str = "unigram"           # pieces (unigram | bpe) on the training transcripts first
     input_rate: Optional[int] = None          # the sample rate of array inputs given without one
     chunk_s: float = 20.0                     # long audio: central part of each chunk, seconds...
     context_s: float = 4.0                    # ...and the context heard on each side of it
@@ -120,11 +122,45 @@ class SpeechRecognitionPipeline(TaskPipeline):
         return SentencePieceTokenizer(resolve_data_path(model)) if model else None
 
     def _tokenizer_from_options_or_export(self) -> Tokenizer:
-        if self.config["tokenizer_model"]:
+        model = self.config["tokenizer_model"]
+        exported = self.exported_state
+        # an exported model carries its tokeniser; an explicitly given other .model file still wins
+        if exported.get("tokenizer") and (not model or model == exported.get("tokenizer_model")):
+            return tokenizer_from_state(exported)
+        if model:
             return self._option_tokenizer()
-        if self.exported_state.get("tokenizer"):
-            return tokenizer_from_state(self.exported_state)
         return CharTokenizer()
+
+    @classmethod
+    def recipe_options(cls, recipe) -> dict:
+        """With ``tokenizer_vocab_size`` (and no ``tokenizer_model``), a training recipe first trains a
+        SentencePiece tokeniser on its training transcripts (as NeMo's recipes build theirs before training); the
+        model file is cached by content and its bytes travel in the exported model's sidecar."""
+        options = dict(recipe.options)
+        size = options.get("tokenizer_vocab_size")
+        if not recipe.train or not size or options.get("tokenizer_model"):
+            return options
+        import hashlib
+        import inspect
+
+        from mtp.files import atomic_path, cache_dir, resolve_data_root
+        from mtp.pipelines.speech_recognition.text import train_sentencepiece
+        from mtp.registry import DATASETS
+
+        source = recipe.data.for_split("train")
+        entry = DATASETS.get(source.name)
+        builder = entry.load()
+        root = resolve_data_root(source.root, "data.root") if source.root else None
+        kwargs = {**entry.kwargs, **source.kwargs}
+        data = builder(root, split="train", **kwargs) if "split" in inspect.signature(builder).parameters \
+            else builder(root, **kwargs)
+        proto = train_sentencepiece([u.text for u in data.utterances], size, options.get("tokenizer_type", "unigram"))
+        path = cache_dir("tokenizers") / f"sentencepiece-{hashlib.sha256(proto).hexdigest()[:16]}.model"
+        if not path.is_file():
+            with atomic_path(path, overwrite=True) as tmp:
+                tmp.write_bytes(proto)
+        options["tokenizer_model"] = str(path.resolve())
+        return options
 
     def _build_from_nemo(self, backbone, weights, kwargs):
         from mtp.backbones.squeezeformer import load_nemo

@@ -117,20 +117,25 @@ class PieceTokenizer(Tokenizer):
 
 
 class SentencePieceTokenizer(PieceTokenizer):
-    """A SentencePiece model (NeMo's `bpe` tokenizer type); the vocabulary is its pieces in id order."""
+    """A SentencePiece model (NeMo's `bpe` tokenizer type); the vocabulary is its pieces in id order. From a
+    `.model` file or its serialized bytes (``proto``), which exported models carry so they need no file beside."""
 
     kind = "sentencepiece"
 
-    def __init__(self, model_file: str | Path):
+    def __init__(self, model_file: str | Path | None = None, proto: bytes | None = None):
         import sentencepiece as spm
 
-        self.model_file = Path(model_file)
-        if not self.model_file.is_file():
+        if (model_file is None) == (proto is None):
+            raise TokenizerError("SentencePieceTokenizer: give a model file or its serialized bytes, not both")
+        self.model_file = Path(model_file) if model_file is not None else None
+        if self.model_file is not None and not self.model_file.is_file():
             raise TokenizerError(f"{self.model_file}: no such SentencePiece model")
+        where = str(self.model_file) if self.model_file is not None else "the exported SentencePiece model"
         try:
-            self.processor = spm.SentencePieceProcessor(model_file=str(self.model_file))
+            self.processor = (spm.SentencePieceProcessor(model_file=str(self.model_file)) if proto is None
+                              else spm.SentencePieceProcessor(model_proto=proto))
         except (OSError, RuntimeError) as err:
-            raise TokenizerError(f"{self.model_file}: not a SentencePiece model ({err})") from None
+            raise TokenizerError(f"{where}: not a SentencePiece model ({err})") from None
         super().__init__([self.processor.id_to_piece(i) for i in range(self.processor.get_piece_size())])
 
     def encode(self, text: str, where: str = "") -> list[int]:
@@ -143,13 +148,42 @@ class SentencePieceTokenizer(PieceTokenizer):
         return " ".join(self.processor.decode([int(i) for i in ids]).split())
 
     def state(self) -> dict:
-        return {**super().state(), "tokenizer_model": str(self.model_file.resolve())}
+        import base64
+
+        proto = base64.b64encode(self.processor.serialized_model_proto()).decode("ascii")
+        path = {"tokenizer_model": str(self.model_file.resolve())} if self.model_file is not None else {}
+        return {**super().state(), **path, "tokenizer_proto": proto}
+
+
+def train_sentencepiece(texts, vocab_size: int, model_type: str = "unigram") -> bytes:
+    """A SentencePiece model trained on ``texts`` (normalised as transcripts are), as serialized bytes.
+    ``vocab_size`` is an upper bound: a small corpus (FSDD's ten digit words) gives fewer pieces (whole words and
+    single characters); no BOS/EOS, <unk> is id 0."""
+    import io
+
+    import sentencepiece as spm
+
+    corpus = [normalize_text(t) for t in texts]
+    corpus = [t for t in corpus if t]
+    if not corpus:
+        raise TokenizerError("train_sentencepiece: no transcript to train on")
+    if model_type not in ("unigram", "bpe"):
+        raise TokenizerError(f"tokenizer_type={model_type!r}: expected unigram or bpe")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model, vocab_size=int(vocab_size),
+                                   model_type=model_type, character_coverage=1.0, hard_vocab_limit=False,
+                                   bos_id=-1, eos_id=-1, unk_id=0, minloglevel=2)
+    return model.getvalue()
 
 
 def tokenizer_from_state(state: dict) -> Tokenizer:
     kind = state.get("tokenizer")
     if kind == "char":
         return CharTokenizer(state["vocabulary"])
+    if kind == "sentencepiece" and state.get("tokenizer_proto"):
+        import base64
+
+        return SentencePieceTokenizer(proto=base64.b64decode(state["tokenizer_proto"]))
     if kind == "sentencepiece" and Path(state.get("tokenizer_model", "")).is_file():
         return SentencePieceTokenizer(state["tokenizer_model"])
     if kind in ("sentencepiece", "pieces"):

@@ -10,7 +10,8 @@ from mtp.pipelines.speech_recognition.decoding import BeamSearchDecoder, Hypothe
 from mtp.pipelines.speech_recognition.metrics import DigitAccuracy, WERMetric, corpus_wer, error_counts
 from mtp.pipelines.speech_recognition.subtitles import make_cues, timestamp, to_srt, to_vtt
 from mtp.pipelines.speech_recognition.text import (CharTokenizer, PieceTokenizer, SentencePieceTokenizer,
-                                                   TokenizerError, normalize_text)
+                                                   TokenizerError, normalize_text, tokenizer_from_state,
+                                                   train_sentencepiece)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CHARS = CharTokenizer()
@@ -157,6 +158,23 @@ def test_sentencepiece_tokenizer_round_trip(tmp_path):
     assert sp.decode(BeamSearchDecoder(sp, len(sp), beam_size=10)(log_probs).ids) == "seven eight nine"
     with pytest.raises(TokenizerError, match="not a SentencePiece model"):
         SentencePieceTokenizer(corpus)
+
+
+def test_trained_sentencepiece_keeps_whole_words_and_travels_in_its_state():
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    proto = train_sentencepiece([w.upper() + "." for w in words * 20], vocab_size=64, model_type="bpe")
+    sp = SentencePieceTokenizer(proto=proto)
+    assert [len(sp.encode(w)) for w in words] == [1] * 10          # each word one piece, normalised first
+    state = sp.state()
+    assert "tokenizer_model" not in state and state["tokenizer"] == "sentencepiece"
+    again = tokenizer_from_state(state)                                  # no file needed
+    assert again.vocabulary == sp.vocabulary and again.encode("seven two") == sp.encode("seven two")
+    with pytest.raises(TokenizerError, match="no transcript"):
+        train_sentencepiece(["", "  "], 16)
+    with pytest.raises(TokenizerError, match="unigram or bpe"):
+        train_sentencepiece(words, 16, model_type="char")
+    with pytest.raises(TokenizerError, match="not both"):
+        SentencePieceTokenizer()
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -201,6 +201,7 @@ def test_tiny_train_and_evaluate_through_the_recipe(tmp_path, data_dir, monkeypa
     from mtp.engine import run
 
     monkeypatch.setenv("MTP_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("MTP_CACHE_DIR", str(tmp_path / "cache"))
     recipe = load_recipe("squeezeformer_fsdd", [
         "backbone.kwargs={d_model: 32, n_layers: 2, n_heads: 2, conv_kernel_size: 7, time_reduce_idx: null}",
         "train.max_steps=3", "train.batch_size=8", "train.threads=1", "train.scheduler=none",
@@ -218,9 +219,14 @@ def test_tiny_train_and_evaluate_through_the_recipe(tmp_path, data_dir, monkeypa
     assert 29.0 < long["audio_seconds"] <= 30.0 and long["reference_words"] > 40 and long["real_time_factor"] > 0
     sample = json.loads((run_dir / "transcripts_sample.json").read_text())
     assert len(sample) == 20 and {"reference", "hypothesis"} <= set(sample[0])
-    # the exported model rebuilds with its character vocabulary and transcribes
+    # the recipe trained its SentencePiece tokeniser first (BPE: every digit word one piece); the exported model
+    # carries it, so it rebuilds and transcribes with the cached .model file gone
+    (model_file,) = (tmp_path / "cache" / "tokenizers").glob("sentencepiece-*.model")
+    model_file.unlink()
     pipe = Pipeline("speech_recognition", weights=str(run_dir / "model.safetensors"), device="cpu")
-    assert pipe.tokenizer.kind == "char" and pipe.model.num_classes == 28 and not pipe.untrained
+    assert pipe.tokenizer.kind == "sentencepiece" and len(pipe.tokenizer) == 64 and not pipe.untrained
+    assert pipe.model.num_classes == 64 and pipe.tokenizer.encode("seven three") == [
+        pipe.tokenizer.vocabulary.index("\u2581seven"), pipe.tokenizer.vocabulary.index("\u2581three")]
     assert pipe.model.encoder.d_model == 32
     assert isinstance(pipe(data_dir / "speech" / "fsdd" / "recordings" / "0_george_0.wav")["text"], str)
     again = pipe.evaluate(data_dir / "speech" / "fsdd" / "recordings", batch_size=64)
