@@ -79,7 +79,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from child_run import peer_python, run_worker, state_dict_hash  # noqa: E402  (beside this script)
+from child_run import peer_python, run_worker, state_dict_hash, torch_versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "squeezeformer"
@@ -262,7 +262,7 @@ def run_mtp_forward(spec: dict) -> dict:
         seconds.append(time.perf_counter() - started)
     Path(spec["out_txt"]).write_text(text)
     return {"seconds": seconds, "load_s": load_s, "rss_loaded_mib": rss_loaded,
-            **_call_fields(calls, spec["repeat"]), "text_words": len(text.split()), "versions": _mtp_versions(torch)}
+            **_call_fields(calls, spec["repeat"]), "text_words": len(text.split()), "versions": torch_versions()}
 
 
 def _mtp_pipeline(spec: dict, **options):
@@ -274,12 +274,6 @@ def _mtp_pipeline(spec: dict, **options):
     pipe = Pipeline("speech_recognition", weights=spec["nemo_archive"], device="cpu", **options)
     pipe.model.eval()
     return pipe, time.perf_counter() - started, torch
-
-
-def _mtp_versions(torch) -> dict:
-    import numpy
-
-    return {"torch": torch.__version__, "numpy": numpy.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def run_mtp_equal(spec: dict) -> dict:
@@ -298,7 +292,7 @@ def run_mtp_equal(spec: dict) -> dict:
              log_probs=log_probs.float().numpy(), encoded_lengths=encoded_len.numpy(),
              greedy=log_probs.argmax(-1).numpy())
     return {"weights_hash": weights_hash, "load_s": load_s, "num_classes": int(model.num_classes) + 1,
-            "backbone": pipe.backbone_name, "versions": _mtp_versions(torch)}
+            "backbone": pipe.backbone_name, "versions": torch_versions()}
 
 
 def run_mtp_time(spec: dict) -> dict:
@@ -316,7 +310,7 @@ def run_mtp_time(spec: dict) -> dict:
             **_call_fields(calls, spec["repeat"]), "text_words": len(result["text"].split()),
             "backbone": pipe.backbone_name,
             "options": {k: pipe.config[k] for k in ("chunk_s", "context_s", "batch_chunks", "decoder", "vad")},
-            "versions": _mtp_versions(torch)}
+            "versions": torch_versions()}
 
 
 WORKERS = {"nemo_equal": run_nemo_equal, "nemo": run_nemo_time, "mtp_equal": run_mtp_equal, "mtp": run_mtp_time,

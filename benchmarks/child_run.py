@@ -63,3 +63,11 @@ def peer_python(env_script: Path, given: str | None, who: str) -> str:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"{who}: the peer environment ({env_script.name}) could not be set up; pass --peer-python")
     return proc.stdout.strip().splitlines()[-1]
+
+
+def torch_versions() -> dict:
+    """torch and numpy versions and torch's thread count, for a case line."""
+    import numpy
+    import torch
+
+    return {"torch": torch.__version__, "numpy": numpy.__version__, "torch_threads": torch.get_num_threads()}

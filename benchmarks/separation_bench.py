@@ -60,7 +60,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from child_run import peer_python, run_worker, state_dict_hash  # noqa: E402  (beside this script)
+from child_run import peer_python, run_worker, state_dict_hash, torch_versions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000
@@ -168,12 +168,6 @@ def _mtp_pipeline(spec: dict):
     return pipe, time.perf_counter() - started, torch
 
 
-def _mtp_versions(torch) -> dict:
-    import numpy
-
-    return {"torch": torch.__version__, "numpy": numpy.__version__, "torch_threads": torch.get_num_threads()}
-
-
 def run_mtp_equal(spec: dict) -> dict:
     import numpy as np
 
@@ -186,7 +180,7 @@ def run_mtp_equal(spec: dict) -> dict:
     if len(calls) != 1:
         raise RuntimeError(f"expected one network call on the clip, saw {len(calls)}")
     np.save(spec["out_npy"], estimates.numpy().astype(np.float32))
-    return {"weights_hash": weights_hash, "load_s": load_s, "versions": _mtp_versions(torch)}
+    return {"weights_hash": weights_hash, "load_s": load_s, "versions": torch_versions()}
 
 
 def run_mtp_time(spec: dict) -> dict:
@@ -201,7 +195,7 @@ def run_mtp_time(spec: dict) -> dict:
     np.save(spec["out_npy"], result["sources"][:, 0].numpy().astype(np.float32))   # (speakers, T), mono
     return {"seconds": seconds, "load_s": load_s, "model_calls": len(calls), "segments": sum(calls),
             "segment_s": pipe.config["segment_s"], "hop_s": pipe.config["segment_s"] - pipe.config["overlap_s"],
-            "batch_segments": pipe.config["batch_segments"], "versions": _mtp_versions(torch)}
+            "batch_segments": pipe.config["batch_segments"], "versions": torch_versions()}
 
 
 WORKERS = {"clearvoice_equal": run_clearvoice_equal, "clearvoice": run_clearvoice_time,
