@@ -205,7 +205,8 @@ def test_tiny_train_and_evaluate_through_the_recipe(tmp_path, data_dir, monkeypa
     recipe = load_recipe("squeezeformer_fsdd", [
         "backbone.kwargs={d_model: 32, n_layers: 2, n_heads: 2, conv_kernel_size: 7, time_reduce_idx: null}",
         "train.max_steps=3", "train.batch_size=8", "train.threads=1", "train.scheduler=none",
-        f"output.dir={tmp_path}", "output.name=tiny", "eval.batch_size=64", "options.long_test_s=30"])
+        f"output.dir={tmp_path}", "output.name=tiny", "eval.batch_size=64", "options.long_test_s=30",
+        "options.tokenizer_vocab_size=64", "options.tokenizer_type=bpe"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = run(recipe, progress=False)
