@@ -135,7 +135,13 @@ class MedicalSegmentationPipeline(TaskPipeline):
 
     # ------------------------------------------------------------------ inference hooks
     def is_item_folder(self, folder: Path) -> bool:
-        return any(p.is_file() and p.name.endswith(NIFTI_SUFFIXES) for p in folder.iterdir())
+        """A folder of NIfTI files is one case when the model takes several channels (one file per modality) or
+        the files carry BraTS 2021/2023 case names; for a one-channel model each file is a case of its own."""
+        from mtp.datasets.medical_segmentation import BRATS_FILE_LAYOUTS, detect_folder_layout
+
+        if not any(p.is_file() and p.name.endswith(NIFTI_SUFFIXES) for p in folder.iterdir()):
+            return False
+        return self.in_channels > 1 or detect_folder_layout(folder) in BRATS_FILE_LAYOUTS
 
     def case_from_path(self, source: Path) -> dict:
         """A case dict for a case folder or one NIfTI file (its label, if any, is left out: inference only)."""
@@ -201,9 +207,7 @@ class MedicalSegmentationPipeline(TaskPipeline):
         restored = restore_original_grid(labels, inputs["image"], inputs["reference"], transform=inputs["transform"],
                                          labels=True)
         voxel_ml = float(np.prod(nib.load(inputs["reference"]).header.get_zooms()[:3])) / 1000.0
-        from mtp.datasets.medical_segmentation import labels_to_regions
-
-        counts = labels_to_regions(torch.from_numpy(restored), self.regions).sum(dim=(1, 2, 3)).tolist()
+        counts = [int(np.isin(restored, values).sum()) for values in self.regions.values()]
         result = {"name": item["name"], "id": inputs["id"], "labels": restored, "reference": inputs["reference"],
                   "volumes_ml": {name: round(c * voxel_ml, 3) for name, c in zip(self.regions, counts)}}
         if self.config["probabilities"]:
@@ -276,7 +280,7 @@ class MedicalSegmentationPipeline(TaskPipeline):
                                  f"{predictions[-1].shape}")
             references.append({"label": np.rint(values).astype(np.int64), "case": case["id"],
                                 "spacing": tuple(float(z) for z in reference.header.get_zooms()[:3])})
-            self.case_slices[case["id"]] = self._slices(case["image"][0], predictions[-1], references[-1]["label"])
+            self.__dict__.setdefault("case_slices", {})[case["id"]] = self._slices(case["image"][0], predictions[-1], references[-1]["label"])
         return predictions, references
 
     def metric_kwargs(self, name: str, options: dict) -> dict:

@@ -103,6 +103,21 @@ def test_folder_run_writes_masks_on_the_input_grid_and_reports_broken_cases(data
     assert (out / "case0_seg.nii.gz").read_bytes() == first and not again.ok
 
 
+def test_a_one_channel_model_takes_each_file_of_a_folder_as_a_case(dataset, tmp_path):
+    import nibabel as nib
+
+    scans = tmp_path / "scans"
+    for name in ("a", "b"):
+        write(scans / f"{name}.nii.gz", nib.load(dataset / "test" / "case2" / "Flair_subtrMeanDivStd.nii.gz").get_fdata()
+              .astype(np.float32))
+    pipe = Pipeline("medical_segmentation", backbone="segresnet", pretrained=False, device="cpu",
+                    roi_size=[32, 32, 16], backbone_kwargs={"in_channels": 1})
+    assert not pipe.is_item_folder(scans) and small_pipeline().is_item_folder(scans)
+    report = pipe(scans, output=tmp_path / "masks")
+    assert report.ok and sorted(p.name for p in (tmp_path / "masks").glob("*_seg.nii.gz")) == [
+        "a_seg.nii.gz", "b_seg.nii.gz"]
+
+
 def test_wrong_channel_count_is_refused_with_the_case_named(dataset):
     pipe = Pipeline("medical_segmentation", backbone="segresnet", pretrained=False, device="cpu",
                     modalities=["Flair", "T1c"], backbone_kwargs={"in_channels": 3})
@@ -178,6 +193,9 @@ def test_dformer_trains_with_deep_supervision_and_segments_through_the_pipeline(
         warnings.simplefilter("ignore")
         result = pipe(dataset / "test" / "case2")
     assert result["labels"].shape == SHAPE
+    voxel_ml = 1.2 * 1.0 * 1.5 / 1000
+    assert result["volumes_ml"]["WT"] == pytest.approx((result["labels"] > 0).sum() * voxel_ml, abs=1e-3)
+    assert result["volumes_ml"]["ET"] == pytest.approx((result["labels"] == 4).sum() * voxel_ml, abs=1e-3)
 
 
 def test_swinunetr_brats21_recipe_resolves_to_the_official_training():
