@@ -277,11 +277,14 @@ def fsdd_utterances(root: str | Path | None, takes) -> list[Utterance]:
 class FSDDDigitStrings(ASRDataset):
     """Strings of ``lengths`` (inclusive range) digits read by one speaker, from FSDD ``takes`` (see module
     docstring). ``num_items`` items per epoch; the decoded clips are cached. ``single_fraction`` of the items
-    are one digit alone (the rest uniform in ``lengths``), so a model also hears isolated words."""
+    are one digit alone (the rest uniform in ``lengths``), so a model also hears isolated words. Training
+    augmentation: silence uniform in ``edge_pause_s`` before and after the item (each side drawn on its own) and
+    each clip's speed changed by a factor drawn from ``speed_factors``."""
 
     def __init__(self, root: str | Path | None, takes, sample_rate: int = 16000, num_items: int = 300,
                  lengths: tuple[int, int] = (2, 7), pause_s: tuple[float, float] = STRING_PAUSE_S, seed: int = 0,
-                 redraw_each_epoch: bool = False, single_fraction: float = 0.0):
+                 redraw_each_epoch: bool = False, single_fraction: float = 0.0,
+                 edge_pause_s: tuple[float, float] = (0.0, 0.0), speed_factors: tuple[float, ...] = (1.0,)):
         utterances = fsdd_utterances(root, takes)
         super().__init__(utterances, sample_rate, source=f"FSDD takes {takes}", cache=True)
         if not 1 <= lengths[0] <= lengths[1]:
@@ -292,7 +295,12 @@ class FSDDDigitStrings(ASRDataset):
             raise ValueError(f"num_items must be >= 1, got {num_items}")
         if not 0.0 <= single_fraction <= 1.0:
             raise ValueError(f"single_fraction must be in [0, 1], got {single_fraction}")
+        if len(edge_pause_s) != 2 or not 0 <= edge_pause_s[0] <= edge_pause_s[1]:
+            raise ValueError(f"edge_pause_s must be (low, high) with 0 <= low <= high seconds, got {edge_pause_s}")
+        if not speed_factors or not all(0.5 <= f <= 2.0 for f in speed_factors):
+            raise ValueError(f"speed_factors must be a non-empty list of factors in [0.5, 2], got {speed_factors}")
         self.single_fraction = float(single_fraction)
+        self.edge_pause_s, self.speed_factors = tuple(edge_pause_s), tuple(float(f) for f in speed_factors)
         speakers = sorted({u.id.split("_")[1] for u in utterances})
         self._by_speaker = [np.array([i for i, u in enumerate(utterances) if u.id.split("_")[1] == s])
                             for s in speakers]
@@ -308,6 +316,10 @@ class FSDDDigitStrings(ASRDataset):
 
     def draw(self, index: int) -> tuple[list[int], list[int]]:
         """(clip indices, pause lengths in samples) of item ``index``: a pure function of (seed, epoch, index)."""
+        return self._draw(index)[:2]
+
+    def _draw(self, index: int):
+        # the augmentation is drawn from the same generator afterwards, so it leaves the items' digits unchanged
         rng = np.random.default_rng((self.seed, self.epoch, index))
         pool = self._by_speaker[int(rng.integers(len(self._by_speaker)))]
         count = int(rng.integers(self.lengths[0], self.lengths[1] + 1))
@@ -315,17 +327,32 @@ class FSDDDigitStrings(ASRDataset):
             count = 1
         clips = [int(c) for c in rng.choice(pool, size=count, replace=count > len(pool))]
         low, high = (int(round(p * self.sample_rate)) for p in self.pause_s)
-        return clips, [int(p) for p in rng.integers(low, high + 1, size=count - 1)]
+        return clips, [int(p) for p in rng.integers(low, high + 1, size=count - 1)], rng
+
+    def augmentation(self, rng, count: int) -> tuple[tuple[int, int], list[float]]:
+        """((leading, trailing) silence in samples, a speed factor per clip), drawn after ``draw``'s values."""
+        low, high = (int(round(p * self.sample_rate)) for p in self.edge_pause_s)
+        edges = (0, 0) if high == 0 else tuple(int(e) for e in rng.integers(low, high + 1, size=2))
+        speeds = ([1.0] * count if self.speed_factors == (1.0,)
+                  else [float(f) for f in rng.choice(self.speed_factors, size=count)])
+        return edges, speeds
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_items:
             raise IndexError(f"index {index} out of range for {self.num_items} digit strings")
-        clips, pauses = self.draw(index)
-        parts = []
+        clips, pauses, rng = self._draw(index)
+        (lead, trail), speeds = self.augmentation(rng, len(clips))
+        parts = [torch.zeros(lead)]
         for k, clip in enumerate(clips):
-            parts.append(self.audio(clip))
+            wave = self.audio(clip)
+            if speeds[k] != 1.0:
+                import torchaudio.functional   # only training with speed perturbation needs it here
+
+                wave = torchaudio.functional.speed(wave[None], self.sample_rate, speeds[k])[0][0]
+            parts.append(wave)
             if k < len(pauses):
                 parts.append(torch.zeros(pauses[k]))
+        parts.append(torch.zeros(trail))
         text = " ".join(self.utterances[c].text for c in clips)
         return {"audio": torch.cat(parts), "text": text, "id": f"string{self.epoch}_{index:05d}"}
 
@@ -438,7 +465,8 @@ def fsdd_digits(root: str | Path | None = None, split: str = "test", sample_rate
 def fsdd_digit_strings(root: str | Path | None = None, split: str = "test", sample_rate: int = 16000,
                        takes=None, num_items: int | None = None, min_digits: int = 2, max_digits: int = 7,
                        pause_s: tuple[float, float] = STRING_PAUSE_S, seed: int = 0,
-                       single_fraction: float = 0.0) -> FSDDDigitStrings:
+                       single_fraction: float = 0.0, edge_pause_s: tuple[float, float] = (0.0, 0.0),
+                       speed_factors: tuple[float, ...] = (1.0,)) -> FSDDDigitStrings:
     """FSDD digit strings (test: takes 0-4, 300 strings, fixed; train: takes 5-49, 2700 strings an epoch,
     redrawn every epoch)."""
     if split == "val" and takes is None:
@@ -448,4 +476,5 @@ def fsdd_digit_strings(root: str | Path | None = None, split: str = "test", samp
     items = num_items if num_items is not None else (300 if split != "train" else 2700)
     return FSDDDigitStrings(_fsdd_root(root), chosen, sample_rate, items, (min_digits, max_digits), tuple(pause_s),
                             seed + (0 if split == "test" else 1000 if split == "val" else 2000),
-                            redraw_each_epoch=split == "train", single_fraction=single_fraction)
+                            redraw_each_epoch=split == "train", single_fraction=single_fraction,
+                            edge_pause_s=tuple(edge_pause_s), speed_factors=tuple(speed_factors))

@@ -108,6 +108,27 @@ def test_fsdd_digit_strings_single_fraction_mixes_in_isolated_digits(fsdd):
         fsdd_digit_strings(fsdd, split="train", single_fraction=1.5)
 
 
+def test_fsdd_digit_strings_edge_silence_and_speed_perturbation(fsdd):
+    plain = fsdd_digit_strings(fsdd, split="train", sample_rate=8000, num_items=30, single_fraction=1.0)
+    augmented = fsdd_digit_strings(fsdd, split="train", sample_rate=8000, num_items=30, single_fraction=1.0,
+                                   edge_pause_s=(0.1, 0.2), speed_factors=(0.9, 1.1))
+    longer = shorter = 0
+    for i in range(30):
+        assert augmented.draw(i) == plain.draw(i)   # same digits and pauses: the augmentation is drawn after them
+        a, p = augmented[i]["audio"], plain[i]["audio"]
+        lead = int(torch.nonzero(a).min())
+        trail = a.shape[0] - 1 - int(torch.nonzero(a).max())
+        assert 800 - 2 <= lead and 800 - 2 <= trail   # at least 0.1 s of silence each side (a clip may start at 0)
+        speech = a.shape[0] - lead - trail
+        longer += speech > p.shape[0] * 1.05
+        shorter += speech < p.shape[0] * 0.95
+    assert longer and shorter   # both factors drawn: 0.9 lengthens a clip by 1/0.9, 1.1 shortens it
+    assert torch.equal(augmented[3]["audio"], augmented[3]["audio"])   # seeded
+    for bad in ({"edge_pause_s": (0.2, 0.1)}, {"speed_factors": (3.0,)}, {"speed_factors": ()}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            fsdd_digit_strings(fsdd, split="train", num_items=5, **bad)
+
+
 # ---------------------------------------------------------------------------------------------- written layouts
 def test_nemo_manifest_relative_paths_offsets_and_duration_filter(tmp_path):
     (tmp_path / "audio").mkdir()
