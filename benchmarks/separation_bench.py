@@ -195,7 +195,7 @@ def run_mtp_time(spec: dict) -> dict:
     np.save(spec["out_npy"], result["sources"][:, 0].numpy().astype(np.float32))   # (speakers, T), mono
     return {"seconds": seconds, "load_s": load_s, "model_calls": len(calls), "segments": sum(calls),
             "segment_s": pipe.config["segment_s"], "hop_s": pipe.config["segment_s"] - pipe.config["overlap_s"],
-            "batch_segments": pipe.config["batch_segments"], "versions": torch_versions()}
+            "batch_segments": pipe.batch_segments, "versions": torch_versions()}
 
 
 WORKERS = {"clearvoice_equal": run_clearvoice_equal, "clearvoice": run_clearvoice_time,

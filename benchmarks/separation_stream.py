@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     if args.no_align:  # the pipeline's own steps, without the alignment
         segment, overlap = int(pipe.config["segment_s"] * rate), int(pipe.config["overlap_s"] * rate)
         estimates = match_loudness(separate_long(pipe.separate, mixture, pipe.config["num_speakers"], segment,
-                                                 overlap, pipe.config["batch_segments"], align=False), mixture)
+                                                 overlap, pipe.batch_segments, align=False), mixture)
     else:
         estimates = pipe.separate_array(mixture.numpy(), rate)
     seconds = time.perf_counter() - started

@@ -97,14 +97,18 @@ def _quadratic(q, k, v, g: int, dropout_p: float, training: bool):
 
 
 def group_quadratic_attention(q, k, v, mask=None, *, group_size: int = 256, dropout_p: float = 0.0,
-                              groups_per_step: int | None = None):
+                              groups_per_step: int | None = None, accumulate: torch.Tensor | None = None):
     """relu(q k^T / group_size)^2 v inside each group of `group_size` positions; [..., n, e] out.
 
     Equals `group_quadratic_attention_reference` without materialising padded copies or more than
     `groups_per_step` groups of scores at once (default: as many as fit SCORE_BUDGET elements).
-    dropout_p applies to the scores whenever > 0 (pass 0 in eval mode).
+    dropout_p applies to the scores whenever > 0 (pass 0 in eval mode). With `accumulate` (a tensor of the
+    output's shape, e.g. the linear attention's result) each group's output is added into it in place and
+    it is returned: no output of its own and no concatenation (inference only: autograd is refused).
     """
     _check(q, k, v, mask, "group_quadratic_attention")
+    if accumulate is not None:
+        return _accumulate_quadratic(q, k, v, mask, group_size, dropout_p, groups_per_step, accumulate)
     n, g = q.shape[-2], group_size
     k = _mask_rows(k, mask)   # relu(q . 0)^2 == 0: a zero key row is a masked key
     full = n // g
@@ -122,6 +126,29 @@ def group_quadratic_attention(q, k, v, mask=None, *, group_size: int = 256, drop
         tail = slice(full * g, n)
         pieces.append(_quadratic(q[..., tail, :], k[..., tail, :], v[..., tail, :], g, dropout_p, dropout_p > 0))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-2)
+
+
+def _accumulate_quadratic(q, k, v, mask, g: int, dropout_p: float, groups_per_step, out: torch.Tensor):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, out)):
+        raise ValueError("group_quadratic_attention: accumulate= is for inference; with autograd, add the result")
+    shape = (*torch.broadcast_shapes(q.shape[:-1], k.shape[:-1], v.shape[:-1]), v.shape[-1])
+    if tuple(out.shape) != shape:
+        raise ValueError(f"group_quadratic_attention: accumulate must be {shape}, got {tuple(out.shape)}")
+    n = q.shape[-2]
+    k = _mask_rows(k, mask)
+    full = n // g
+    batch = max(math.prod(shape[:-2]), 1)
+    step = groups_per_step or max(1, SCORE_BUDGET // (batch * g * g))
+    for start in range(0, full, step):
+        stop = min(full, start + step)
+        span = slice(start * g, stop * g)
+        qs, ks, vs = (t[..., span, :].unflatten(-2, (stop - start, g)) for t in (q, k, v))
+        out[..., span, :].unflatten(-2, (stop - start, g)).add_(_quadratic(qs, ks, vs, g, dropout_p, dropout_p > 0))
+    if n > full * g:
+        tail = slice(full * g, n)
+        out[..., tail, :].add_(_quadratic(q[..., tail, :], k[..., tail, :], v[..., tail, :], g, dropout_p,
+                                          dropout_p > 0))
+    return out
 
 
 def chunked_linear_attention(q, k, v, mask=None, *, chunk_size: int = 2048):

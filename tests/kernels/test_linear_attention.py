@@ -67,6 +67,25 @@ def test_group_quadratic_matches_reference(case, masked):
             lambda *a: group_quadratic_attention_reference(*a, group_size=g), q, k, v, mask)
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("case", QUAD_CASES.values(), ids=QUAD_CASES.keys())
+def test_group_quadratic_accumulates_in_place(case, masked):
+    q, k, v, mask = _inputs(case["lead"], case["n"], 8, 12, masked=masked)
+    g = case["g"]
+    with torch.no_grad():
+        base = torch.randn(v.shape, generator=torch.Generator().manual_seed(3))
+        expected = base + group_quadratic_attention_reference(q, k, v, mask, group_size=g)
+        for step in (None, 1, 2):
+            target = base.clone()
+            out = group_quadratic_attention(q, k, v, mask, group_size=g, groups_per_step=step, accumulate=target)
+            assert out is target                                  # added into, not a new tensor
+            _assert_close(target, expected)
+        with pytest.raises(ValueError, match="accumulate must be"):
+            group_quadratic_attention(q, k, v, mask, group_size=g, accumulate=base[..., :-1])
+    with pytest.raises(ValueError, match="for inference"):
+        group_quadratic_attention(*_leaves(q, k, v), mask, group_size=g, accumulate=base.clone())
+
+
 def test_group_quadratic_semantics_by_hand():
     """Groups do not see each other, the short last group still divides by group_size, masked keys drop out."""
     q, k, v, _ = _inputs((1,), 10, 4, 3, seed=3)

@@ -47,6 +47,25 @@ def test_matches_official_outputs(fixture, tiny):
     assert torch.count_nonzero(out[..., -5:]) == 0        # 499 frames decode to 4000 samples, zero-padded
 
 
+def test_training_layout_equals_inference_layout(fixture, tiny):
+    """With autograd the layers run as the official code lays them out (contiguous time-last convolutions,
+    new tensors); under no_grad, channels last, the dilated convolutions as undilated phases and the sums in
+    place. Both must give the official outputs."""
+    _, _, io, _ = fixture
+    waves = io["input"].clone().requires_grad_(True)
+    out = tiny(waves)
+    assert out.requires_grad
+    _assert_matches(out.detach().transpose(0, 1), io["output"])
+    with torch.no_grad():
+        _assert_matches(tiny(io["input"]), out.detach())
+    dense = tiny.mask_net.mdl.intra_mdl.mossformerM.fsmn[0].gated_fsmn.fsmn.conv
+    for frames in (4003, 7):   # phases of an odd length are zero-padded, as the convolution's own padding
+        x = torch.randn(2, frames, dense.in_channels, requires_grad=True)
+        trained = dense(x)
+        with torch.no_grad():
+            _assert_matches(dense(x), trained.detach())
+
+
 def test_batch_of_one_equals_batched(fixture, tiny):
     _, _, io, _ = fixture
     with torch.no_grad():

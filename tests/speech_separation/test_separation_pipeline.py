@@ -185,3 +185,20 @@ def test_sdr_is_computed_whatever_the_thread_count(data_dir):
             torch.set_num_threads(before)
     for one, two in zip(scores[1], scores[2]):
         assert math.isfinite(two["sdri"]) and abs(one["sdri"] - two["sdri"]) < 1e-6
+
+
+def test_segments_per_forward_default_to_one_on_the_cpu():
+    pipe = SpeechSeparationPipeline(backbone="conv_tasnet", backbone_kwargs=SMALL_TASNET, pretrained=False,
+                                    device="cpu", segment_s=0.5, overlap_s=0.1)
+    assert pipe.batch_segments == 1
+    calls = []
+    separate = pipe.separate
+    pipe.separate = lambda batch: calls.append(batch.shape[0]) or separate(batch)
+    pipe.separate_any_length(two_sources(8000 * 2).sum(0))
+    assert calls and set(calls) == {1}
+    chosen = SpeechSeparationPipeline(backbone="conv_tasnet", backbone_kwargs=SMALL_TASNET, pretrained=False,
+                                      device="cpu", batch_segments=3)
+    assert chosen.batch_segments == 3
+    with pytest.raises(Exception, match="batch_segments=0"):
+        SpeechSeparationPipeline(backbone="conv_tasnet", backbone_kwargs=SMALL_TASNET, pretrained=False,
+                                 device="cpu", batch_segments=0)
