@@ -19,6 +19,12 @@ Differences from the official forward, none changing results: the output is one 
 batch dim for batch 1 are explicit; FLASH attention runs through mtp.kernels.linear_attention (grouped
 quadratic + chunked linear), the 1x1 convolutions inside the Gated-FSMN blocks run as matmuls on
 channels-last tensors, and the decoder runs all speakers in one call.
+
+Inference (autograd off) takes a leaner route to the same values (float rounding apart; a test holds both
+routes to the official outputs): the dilated dense convolutions run undilated over the time axis's phases
+(`DilatedDenseNet._forward_polyphase`), the quadratic attention is added into the linear attention's output
+in place, and residuals, SiLU and gates are applied in place instead of allocating new activations. Training
+keeps the official layout, whose backward oneDNN runs fastest.
 """
 from __future__ import annotations
 
