@@ -3,6 +3,8 @@
 Dropout samples its CPU masks cheaply (mtp.kernels.dropout).
 CUDA runs Triton flash kernels (mtp.kernels.triton_attention, imported only there); CPU runs PyTorch SDPA.
 FLASH-style grouped quadratic + global linear attention (MossFormer2) lives in mtp.kernels.linear_attention.
+Point-cloud sampling and neighbourhoods (FPS, kNN, ball query, grid sampling) live in mtp.kernels.points, with
+Triton kernels for CUDA in mtp.kernels.triton_points.
 """
 from mtp.kernels.attention import attention, attention_reference
 from mtp.kernels.dropout import Dropout, dropout
@@ -11,6 +13,17 @@ from mtp.kernels.linear_attention import (
     group_quadratic_attention,
     group_quadratic_attention_reference,
     linear_attention_reference,
+)
+from mtp.kernels.points import (
+    GridSample,
+    ball_query,
+    ball_query_reference,
+    farthest_point_sample,
+    farthest_point_sample_reference,
+    grid_sample,
+    grid_sample_reference,
+    knn,
+    knn_reference,
 )
 from mtp.kernels.varlen import varlen_attention, varlen_attention_reference
 from mtp.kernels.window import (
@@ -28,11 +41,20 @@ from mtp.kernels.window import (
 __all__ = [
     "Dropout",
     "dropout",
+    "GridSample",
     "attention",
     "attention_reference",
+    "ball_query",
+    "ball_query_reference",
     "chunked_linear_attention",
+    "farthest_point_sample",
+    "farthest_point_sample_reference",
+    "grid_sample",
+    "grid_sample_reference",
     "group_quadratic_attention",
     "group_quadratic_attention_reference",
+    "knn",
+    "knn_reference",
     "linear_attention_reference",
     "order_windows_by_region",
     "overlapping_relative_position_index",
