@@ -17,27 +17,19 @@ Shared conventions:
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from typing import NamedTuple, Sequence
 
 import torch
 
+from mtp.kernels.attention import triton_available
+
 log = logging.getLogger("mtp.kernels")
 
 TRITON_DTYPES = (torch.float32,)
 # Working memory of one chunk of the query x point tables in knn/ball_query (see _chunk_rows)
 DEFAULT_CHUNK_BYTES = 16 * 2**20
-
-
-@functools.cache
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:

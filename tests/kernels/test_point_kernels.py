@@ -8,8 +8,6 @@ imports triton for them, and those tests are skipped when the file is collected 
 """
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -259,15 +257,8 @@ def test_grid_sample_refuses_bad_arguments():
 # ---------------------------------------------------------------- Triton kernels under the interpreter
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
-def test_triton_point_kernels_under_interpreter():
-    if INTERPRETING:
-        pytest.skip("this is the interpreter subprocess itself")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    command = [sys.executable, "-m", "pytest", __file__, "-q", "-k", "interpreted", "-p", "no:cacheprovider"]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    report = run.stdout[-8000:] + run.stderr[-2000:]
-    assert run.returncode == 0, report
-    assert " passed" in report and " skipped" not in report, report
+def test_triton_point_kernels_under_interpreter(run_interpreted):
+    run_interpreted(__file__)
 
 
 @pytest.fixture(scope="module")

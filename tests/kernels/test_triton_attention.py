@@ -8,8 +8,6 @@ when the file is collected without the variable. The CUDA tests at the end use t
 """
 import importlib
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -34,15 +32,8 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_triton_kernels_under_interpreter():
-    if INTERPRETING:
-        pytest.skip("this is the interpreter subprocess itself")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    command = [sys.executable, "-m", "pytest", __file__, "-q", "-k", "interpreted", "-p", "no:cacheprovider"]
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    report = run.stdout[-8000:] + run.stderr[-2000:]
-    assert run.returncode == 0, report
-    assert " passed" in report and " skipped" not in report, report
+def test_triton_kernels_under_interpreter(run_interpreted):
+    run_interpreted(__file__)
 
 
 @pytest.fixture(scope="module")
