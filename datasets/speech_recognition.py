@@ -278,13 +278,15 @@ class FSDDDigitStrings(ASRDataset):
     """Strings of ``lengths`` (inclusive range) digits read by one speaker, from FSDD ``takes`` (see module
     docstring). ``num_items`` items per epoch; the decoded clips are cached. ``single_fraction`` of the items
     are one digit alone (the rest uniform in ``lengths``), so a model also hears isolated words. Training
-    augmentation: silence uniform in ``edge_pause_s`` before and after the item (each side drawn on its own) and
+    augmentation: for an ``edge_pause_fraction`` share of the items, silence uniform in ``edge_pause_s`` before and
+    after the item (each side drawn on its own; the rest start and end on speech, as a trimmed clip does), and
     each clip's speed changed by a factor drawn from ``speed_factors``."""
 
     def __init__(self, root: str | Path | None, takes, sample_rate: int = 16000, num_items: int = 300,
                  lengths: tuple[int, int] = (2, 7), pause_s: tuple[float, float] = STRING_PAUSE_S, seed: int = 0,
                  redraw_each_epoch: bool = False, single_fraction: float = 0.0,
-                 edge_pause_s: tuple[float, float] = (0.0, 0.0), speed_factors: tuple[float, ...] = (1.0,)):
+                 edge_pause_s: tuple[float, float] = (0.0, 0.0), edge_pause_fraction: float = 1.0,
+                 speed_factors: tuple[float, ...] = (1.0,)):
         utterances = fsdd_utterances(root, takes)
         super().__init__(utterances, sample_rate, source=f"FSDD takes {takes}", cache=True)
         if not 1 <= lengths[0] <= lengths[1]:
@@ -297,10 +299,13 @@ class FSDDDigitStrings(ASRDataset):
             raise ValueError(f"single_fraction must be in [0, 1], got {single_fraction}")
         if len(edge_pause_s) != 2 or not 0 <= edge_pause_s[0] <= edge_pause_s[1]:
             raise ValueError(f"edge_pause_s must be (low, high) with 0 <= low <= high seconds, got {edge_pause_s}")
+        if not 0.0 <= edge_pause_fraction <= 1.0:
+            raise ValueError(f"edge_pause_fraction must be in [0, 1], got {edge_pause_fraction}")
         if not speed_factors or not all(0.5 <= f <= 2.0 for f in speed_factors):
             raise ValueError(f"speed_factors must be a non-empty list of factors in [0.5, 2], got {speed_factors}")
         self.single_fraction = float(single_fraction)
         self.edge_pause_s, self.speed_factors = tuple(edge_pause_s), tuple(float(f) for f in speed_factors)
+        self.edge_pause_fraction = float(edge_pause_fraction)
         speakers = sorted({u.id.split("_")[1] for u in utterances})
         self._by_speaker = [np.array([i for i, u in enumerate(utterances) if u.id.split("_")[1] == s])
                             for s in speakers]
@@ -332,7 +337,9 @@ class FSDDDigitStrings(ASRDataset):
     def augmentation(self, rng, count: int) -> tuple[tuple[int, int], list[float]]:
         """((leading, trailing) silence in samples, a speed factor per clip), drawn after ``draw``'s values."""
         low, high = (int(round(p * self.sample_rate)) for p in self.edge_pause_s)
-        edges = (0, 0) if high == 0 else tuple(int(e) for e in rng.integers(low, high + 1, size=2))
+        edges = (0, 0)
+        if high > 0 and rng.random() < self.edge_pause_fraction:
+            edges = tuple(int(e) for e in rng.integers(low, high + 1, size=2))
         speeds = ([1.0] * count if self.speed_factors == (1.0,)
                   else [float(f) for f in rng.choice(self.speed_factors, size=count)])
         return edges, speeds
@@ -466,7 +473,7 @@ def fsdd_digit_strings(root: str | Path | None = None, split: str = "test", samp
                        takes=None, num_items: int | None = None, min_digits: int = 2, max_digits: int = 7,
                        pause_s: tuple[float, float] = STRING_PAUSE_S, seed: int = 0,
                        single_fraction: float = 0.0, edge_pause_s: tuple[float, float] = (0.0, 0.0),
-                       speed_factors: tuple[float, ...] = (1.0,)) -> FSDDDigitStrings:
+                       edge_pause_fraction: float = 1.0, speed_factors: tuple[float, ...] = (1.0,)) -> FSDDDigitStrings:
     """FSDD digit strings (test: takes 0-4, 300 strings, fixed; train: takes 5-49, 2700 strings an epoch,
     redrawn every epoch)."""
     if split == "val" and takes is None:
@@ -477,4 +484,5 @@ def fsdd_digit_strings(root: str | Path | None = None, split: str = "test", samp
     return FSDDDigitStrings(_fsdd_root(root), chosen, sample_rate, items, (min_digits, max_digits), tuple(pause_s),
                             seed + (0 if split == "test" else 1000 if split == "val" else 2000),
                             redraw_each_epoch=split == "train", single_fraction=single_fraction,
-                            edge_pause_s=tuple(edge_pause_s), speed_factors=tuple(speed_factors))
+                            edge_pause_s=tuple(edge_pause_s), edge_pause_fraction=edge_pause_fraction,
+                            speed_factors=tuple(speed_factors))

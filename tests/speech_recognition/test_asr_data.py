@@ -124,7 +124,13 @@ def test_fsdd_digit_strings_edge_silence_and_speed_perturbation(fsdd):
         shorter += speech < p.shape[0] * 0.95
     assert longer and shorter   # both factors drawn: 0.9 lengthens a clip by 1/0.9, 1.1 shortens it
     assert torch.equal(augmented[3]["audio"], augmented[3]["audio"])   # seeded
-    for bad in ({"edge_pause_s": (0.2, 0.1)}, {"speed_factors": (3.0,)}, {"speed_factors": ()}):
+    half = fsdd_digit_strings(fsdd, split="train", sample_rate=8000, num_items=40, single_fraction=1.0,
+                              edge_pause_s=(0.1, 0.2), edge_pause_fraction=0.5)
+    unpadded = fsdd_digit_strings(fsdd, split="train", sample_rate=8000, num_items=40, single_fraction=1.0)
+    padded = sum(half[i]["audio"].shape[0] > unpadded[i]["audio"].shape[0] for i in range(40))
+    assert 8 <= padded <= 32   # about half the items get edge silence, the rest start and end on speech
+    for bad in ({"edge_pause_s": (0.2, 0.1)}, {"edge_pause_fraction": 1.5}, {"speed_factors": (3.0,)},
+                {"speed_factors": ()}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             fsdd_digit_strings(fsdd, split="train", num_items=5, **bad)
 
