@@ -1,0 +1,1 @@
+"""Point-cloud pipelines: classification, semantic, part and instance segmentation, and their metrics."""
