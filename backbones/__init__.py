@@ -175,3 +175,35 @@ BACKBONES.register("dformer", "mtp.backbones.dformer:SegNetwork",
 BACKBONES.register("segresnet", "monai.networks.nets:SegResNet",
                    dict(spatial_dims=3, init_filters=8, blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1)),
                    tasks=_MED, size_multiple=8, description="MONAI SegResNet (Myronenko 2018), 8 initial filters")
+
+# Point clouds: xyz (B, N, 3) + optional per-point features (B, N, C) + optional lengths (B,) -> logits (B, classes)
+# or (B, N, classes). PointNet++ (Qi et al. 2017) with yanx27/Pointnet_Pointnet2_pytorch's state-dict names (its
+# best_model.pth files nest them under "model_state_dict"); presets are its ModelNet40 / S3DIS / ShapeNetPart configs.
+_PC_CLS = ["point_cloud_classification"]
+_PC_SEG = ["point_cloud_segmentation"]
+BACKBONES.register("pointnet2_cls_ssg", "mtp.backbones.pointnet2:PointNet2ClsSSG", dict(num_classes=40, in_channels=0),
+                   tasks=_PC_CLS, family="pointnet2", weights_key="model_state_dict",
+                   description="PointNet++ SSG classification (Qi et al. 2017, 1.5M params), ModelNet40 config; "
+                               "yanx27's names")
+BACKBONES.register("pointnet2_cls_msg", "mtp.backbones.pointnet2:PointNet2ClsMSG", dict(num_classes=40, in_channels=0),
+                   tasks=_PC_CLS, family="pointnet2", weights_key="model_state_dict",
+                   description="PointNet++ MSG classification (Qi et al. 2017, 1.7M params), ModelNet40 config; "
+                               "yanx27's names")
+BACKBONES.register("pointnet2_semseg_ssg", "mtp.backbones.pointnet2:PointNet2SemSegSSG",
+                   dict(num_classes=13, in_channels=6), tasks=_PC_SEG, family="pointnet2",
+                   weights_key="model_state_dict",
+                   description="PointNet++ SSG semantic segmentation (4 SA + 4 FP), S3DIS config (xyz + 6 feature "
+                               "channels); yanx27's names")
+BACKBONES.register("pointnet2_semseg_msg", "mtp.backbones.pointnet2:PointNet2SemSegMSG",
+                   dict(num_classes=13, in_channels=6), tasks=_PC_SEG, family="pointnet2",
+                   weights_key="model_state_dict",
+                   description="PointNet++ MSG semantic segmentation, S3DIS config; yanx27's names")
+BACKBONES.register("pointnet2_partseg_ssg", "mtp.backbones.pointnet2:PointNet2PartSegSSG",
+                   dict(num_classes=50, num_categories=16, in_channels=0), tasks=_PC_SEG, family="pointnet2",
+                   weights_key="model_state_dict",
+                   description="PointNet++ SSG part segmentation, ShapeNetPart config (one-hot category in the last "
+                               "FP); yanx27's names")
+BACKBONES.register("pointnet2_partseg_msg", "mtp.backbones.pointnet2:PointNet2PartSegMSG",
+                   dict(num_classes=50, num_categories=16, in_channels=0), tasks=_PC_SEG, family="pointnet2",
+                   weights_key="model_state_dict",
+                   description="PointNet++ MSG part segmentation, ShapeNetPart config; yanx27's names")
