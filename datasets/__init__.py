@@ -58,3 +58,14 @@ DATASETS.register("decathlon", f"{_MED}:segmentation_dataset", dict(layout="deca
 DATASETS.register("nnunet_raw", f"{_MED}:segmentation_dataset", dict(layout="nnunet", regions="nnunet"),
                   tasks=["medical_segmentation"],
                   description="nnU-Net v2 raw dataset (imagesTr/<case>_0000, labelsTr, dataset.json; region labels)")
+
+_PC = "mtp.datasets.point_cloud.layouts"
+DATASETS.register("mosd", f"{_PC}:mosd", {}, tasks=["point_cloud_segmentation"],
+                  description="mOSD Kinect scenes (learn/ = train, test/), semantic labels 0 table, 1 object, -1 "
+                              "invalid or unlabelled (ignored); colours as features")
+DATASETS.register("s3dis", f"{_PC}:s3dis", {}, tasks=["point_cloud_segmentation"],
+                  description="S3DIS rooms (13 classes), train = every area but test_area (5), test = test_area")
+DATASETS.register("modelnet40", f"{_PC}:modelnet", dict(num_classes=40), tasks=["point_cloud_classification"],
+                  description="ModelNet40 resampled (PointNet++ release): first num_points rows, unit sphere")
+DATASETS.register("modelnet10", f"{_PC}:modelnet", dict(num_classes=10), tasks=["point_cloud_classification"],
+                  description="ModelNet10 from the same folder (modelnet10_* lists)")

@@ -47,3 +47,17 @@ METRICS.register("region_overlap", "mtp.pipelines.medical_segmentation.metrics:R
                  tasks=["medical_segmentation"],
                  description="Dice and HD95 (mm, symmetric 95th percentile) per region on the original grid; "
                              "empty-region policy stated")
+
+TASKS.register("point_cloud_classification", "mtp.pipelines.point_cloud.pipeline:PointCloudClassificationPipeline",
+               extra="pointcloud", description="point-cloud shape classification: a cloud -> class id, name and "
+                                               "probabilities (JSON) (PointNet++)")
+TASKS.register("point_cloud_segmentation", "mtp.pipelines.point_cloud.pipeline:PointCloudSegmentationPipeline",
+               extra="pointcloud", description="point-cloud semantic segmentation of any size (grid sample, sphere "
+                                               "crops): the cloud with a pred label per point + a PNG (PointNet++)")
+METRICS.register("point_segmentation", "mtp.pipelines.point_cloud.pipeline:SegmentationMetrics",
+                 tasks=["point_cloud_segmentation"],
+                 description="per-class IoU, mIoU, overall and mean class accuracy from one confusion matrix summed "
+                             "over the split (ignore_index left out); vote/ keys for test-time voting")
+METRICS.register("point_classification", "mtp.pipelines.point_cloud.pipeline:ClassificationAccuracy",
+                 tasks=["point_cloud_classification"],
+                 description="overall accuracy and mean class accuracy (classes present in the reference)")

@@ -517,3 +517,21 @@ class MOSD(Dataset):
         return {"points": torch.from_numpy(cloud.points), "features": features,
                 "labels": torch.from_numpy(labels), "instance": torch.from_numpy(instance),
                 "valid": torch.from_numpy(valid), "width": cloud.width, "height": cloud.height, "id": path.stem}
+
+
+# ---------------------------------------------------------------------------------------------- registry builders
+# `mtp run` builds a "val" split whenever a recipe gives a root and the builder takes a split; these layouts have
+# no validation split of their own, so the builders the registry names return None for it (no validation).
+def mosd(root=None, split: str = "test", merge_parts: bool = False) -> MOSD | None:
+    return None if split == "val" else MOSD(root, split, merge_parts=merge_parts)
+
+
+def modelnet(root=None, split: str = "train", num_classes: int = 40, num_points: int | None = 1024,
+             normals: bool = True, normalize: bool = True) -> ModelNet | None:
+    if split == "val":
+        return None
+    return ModelNet(root, split, num_classes=num_classes, num_points=num_points, normals=normals, normalize=normalize)
+
+
+def s3dis(root=None, split: str = "train", test_area: int = 5, grid_size: float | None = None) -> S3DIS | None:
+    return None if split == "val" else S3DIS(root, split, test_area=test_area, grid_size=grid_size)

@@ -1,0 +1,760 @@
+"""Point-cloud classification and semantic segmentation on the TaskPipeline contract.
+
+Segmentation (`point_cloud_segmentation`): a cloud of any size in (PCD, PLY, OFF, XYZ/TXT, NPY), the same cloud out
+with every field it had plus an int32 ``pred`` label per point, and ``<stem>.png``, a rendering coloured by label.
+
+- Invalid points (a NaN or infinite coordinate, e.g. the holes of an organised Kinect cloud) never reach the
+  model; their ``pred`` is ``INVALID_LABEL`` (-1). The file keeps every point in its order (an organised cloud
+  keeps its pixel grid).
+- The valid points are grid-sampled (`grid_size`, ``mtp.kernels.grid_sample`` mode "center": deterministic).
+- Fragments: when more than `max_points` sampled points remain, the cloud is cut into kNN sphere crops of
+  exactly `max_points` points (the nearest ones to a seed, i.e. a ball of adaptive radius, as Pointcept's
+  SphereCrop). Seeds are the farthest-point sample of ceil(`overlap` * V / max_points) sampled points; then,
+  while a point is in no crop, the lowest-index uncovered point seeds one more crop, so every point is covered.
+  Each crop is one forward on at most `max_points` points (`crop_batch` crops at a time): model memory is
+  bounded by max_points whatever the cloud's size. A point's logits are the mean over the crops that hold it.
+- Predictions go back to every valid point through the grid-sample inverse map (a point takes its voxel's).
+- Model input per crop: xyz minus the crop's centroid; features by the model's in_channels: 0 none, 3 colours
+  r g b / 255, 6 colours + xyz / max(xyz) of the cloud (yanx27's S3DIS channels); a cloud without colours gets
+  0.5 grey.
+- Test-time voting (`votes` > 0): the crops run again `votes` times with a seeded random rotation about z (and
+  a 0.5 * grid_size Gaussian jitter), logits averaged with the plain pass. The single-pass and voted results are
+  always reported separately: ``pred`` (the file, voted when votes > 0), ``pred_single`` in the result dict,
+  and in evaluation ``miou`` etc. (single pass) beside ``vote/miou`` etc.
+
+Classification (`point_cloud_classification`): a cloud -> JSON ``{class_id, class_name, probabilities}``
+(``<stem>.json``). Preprocessing: invalid points dropped, `num_points` kept by farthest point sampling from
+index 0 (`sampling: fps`, default) or the first N (`sampling: first`, the resampled ModelNet files are in FPS
+order already); fewer points than num_points are repeated cyclically. Then centred on the centroid and scaled
+into the unit sphere (the PointNet++ ModelNet loader's normalisation). Features: normals (nx ny nz, or
+normal_x..) when the model takes 3 channels.
+
+Evaluation streams over the whole split: segmentation with one ``ConfusionMatrix`` (never per batch) ->
+per-class IoU, mIoU, overall and mean class accuracy; classification -> overall and mean class accuracy.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from mtp.files import atomic_path
+from mtp.pipeline import InputError, OptionError, TaskPipeline
+
+POINT_SUFFIXES = (".pcd", ".ply", ".off", ".xyz", ".txt", ".npy")
+WRITABLE = (".pcd", ".ply", ".npy")
+INVALID_LABEL = -1
+log = logging.getLogger("mtp.point_cloud")
+
+MODELNET40_CLASSES = ("airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone",
+                      "cup", "curtain", "desk", "door", "dresser", "flower_pot", "glass_box", "guitar", "keyboard",
+                      "lamp", "laptop", "mantel", "monitor", "night_stand", "person", "piano", "plant", "radio",
+                      "range_hood", "sink", "sofa", "stairs", "stool", "table", "tent", "toilet", "tv_stand", "vase",
+                      "wardrobe", "xbox")
+MODELNET10_CLASSES = ("bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet")
+PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
+                    [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], dtype=np.float32) / 255.0
+
+
+# ---------------------------------------------------------------------------------------------- shared helpers
+def _load_cloud(source):
+    """A path, a PointCloud, or an [N, >=3] array -> PointCloud."""
+    from mtp.datasets.point_cloud import PointCloud, PointCloudFileError, read_points
+
+    if isinstance(source, PointCloud):
+        return source
+    if isinstance(source, (str, Path)):
+        try:
+            return read_points(source)
+        except (PointCloudFileError, FileNotFoundError) as err:
+            raise InputError(str(err)) from None
+    array = np.asarray(source.detach().cpu() if isinstance(source, torch.Tensor) else source)
+    if array.ndim != 2 or array.shape[1] < 3:
+        raise InputError(f"expected a point-cloud file, a PointCloud or an [N, >=3] array, got shape {array.shape}")
+    return PointCloud(array[:, :3].astype(np.float32))
+
+
+def _colors(cloud) -> np.ndarray | None:
+    colors = cloud.fields.get("colors")
+    return None if colors is None else colors.astype(np.float32) / 255.0
+
+
+def _normals(cloud) -> np.ndarray | None:
+    for names in (("nx", "ny", "nz"), ("normal_x", "normal_y", "normal_z")):
+        if all(n in cloud.fields for n in names):
+            return np.stack([cloud.fields[n].astype(np.float32) for n in names], axis=1)
+    return None
+
+
+def _class_names(names, num_classes: int) -> list[str]:
+    if names:
+        if len(names) != num_classes:
+            raise OptionError(f"class_names has {len(names)} names for a {num_classes}-class model")
+        return [str(n) for n in names]
+    if num_classes == 40:
+        return list(MODELNET40_CLASSES)
+    if num_classes == 10:
+        return list(MODELNET10_CLASSES)
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+class _Items(torch.utils.data.Dataset):
+    """Scenes/shapes for evaluation, batched as lists (clouds differ in size)."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        return self.base[index]
+
+    @staticmethod
+    def collate(batch):
+        return batch
+
+
+class _PointCloudPipeline(TaskPipeline):
+    input_suffixes = POINT_SUFFIXES
+    max_batch_items = 1
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model_kwargs.get("num_classes") or getattr(self.model, "num_classes"))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.model_kwargs.get("in_channels", getattr(self.model, "in_channels", 0)) or 0)
+
+    @property
+    def class_names(self) -> list[str]:
+        return _class_names(self.config["class_names"], self.num_classes)
+
+    def build_model(self, backbone, weights, **kwargs):
+        from mtp.weights import load_into, load_state_dict_file
+
+        entry = self.backbone_entry(backbone)
+        self.backbone_name = entry.name
+        built = {**entry.kwargs, **kwargs}
+        model = entry.build(**built)
+        self.model_kwargs = built
+        if weights:
+            # a model exported by `mtp run` holds the bare state dict; yanx27's checkpoints nest it (weights_key)
+            key = None if self._read_export(weights) else entry.weights_key
+            load_into(model, load_state_dict_file(weights, key=key), source=str(weights))
+        return model
+
+    def evaluation_dataset(self, data, split: str = "test"):
+        if isinstance(data, (str, Path)):
+            data = self._named_dataset(data, split)
+        return data if isinstance(data, _Items) else _Items(data)
+
+    def _named_dataset(self, data, split):
+        from mtp.registry import DATASETS
+
+        if str(data) in DATASETS.names():
+            entry = DATASETS.get(str(data))
+            return entry.load()(None, split=split, **entry.kwargs)
+        return self.default_dataset(data, split)
+
+    def default_dataset(self, root, split):
+        raise InputError(f"{root}: give a registered dataset name or a dataset object")
+
+    def _device(self):
+        return next(self.model.parameters()).device
+
+
+# ---------------------------------------------------------------------------------------------- segmentation
+@dataclass
+class SegmentationOptions:
+    grid_size: float = 0.01          # voxel size (the clouds' unit, metres for Kinect / S3DIS) before the model
+    max_points: int = 4096           # points per model forward (a crop); training crops have this size too
+    overlap: float = 2.0             # seeds = ceil(overlap * sampled points / max_points) before coverage top-up
+    crop_batch: int = 1              # crops per forward at inference
+    votes: int = 0                   # extra passes with random z rotation + jitter (seeded), averaged
+    seed: int = 0                    # the votes' and training crops' random draws
+    format: Optional[str] = None     # output format: pcd | ply | npy; None: the input's (.ply for off/xyz/txt)
+    render: bool = True              # also write <stem>.png
+    class_names: Optional[list] = None
+    ignore_index: int = -1           # reference label left out of loss and metrics
+    crops_per_scene: int = 4         # training: random crops drawn from each scene per epoch
+    augment: bool = True             # training: random rotation about z, scale 0.9-1.1, jitter
+
+    def validate(self):
+        if not self.grid_size > 0:
+            raise ValueError(f"grid_size={self.grid_size}: expected > 0")
+        if self.max_points < 16:
+            raise ValueError(f"max_points={self.max_points}: expected >= 16")
+        if self.overlap < 1:
+            raise ValueError(f"overlap={self.overlap}: expected >= 1")
+        if self.crop_batch < 1 or self.votes < 0 or self.crops_per_scene < 1:
+            raise ValueError("crop_batch and crops_per_scene must be >= 1, votes >= 0")
+        if self.format is not None and self.format.lower().lstrip(".") not in ("pcd", "ply", "npy"):
+            raise ValueError(f"format={self.format!r}: expected pcd, ply or npy (or None: the input's)")
+
+
+def model_features(xyz: np.ndarray, rgb: np.ndarray | None, in_channels: int, extent: np.ndarray | None = None):
+    """Per-point model features by the model's in_channels (module docstring); float32 [N, C] or None."""
+    if in_channels == 0:
+        return None
+    rgb = np.full((len(xyz), 3), 0.5, dtype=np.float32) if rgb is None else rgb.astype(np.float32)
+    if in_channels == 3:
+        return rgb
+    if in_channels == 6:
+        extent = np.abs(xyz).max(0) if extent is None else extent
+        return np.concatenate([rgb, xyz / np.maximum(extent, 1e-6)], 1).astype(np.float32)
+    raise OptionError(f"a segmentation model with in_channels={in_channels}: expected 0, 3 (rgb) or 6 (rgb + "
+                      f"normalised xyz)")
+
+
+def sphere_crops(xyz: torch.Tensor, max_points: int, overlap: float = 2.0) -> list[torch.Tensor]:
+    """Index sets (long [<= max_points]) of kNN sphere crops covering every point of xyz [V, 3]."""
+    from mtp.kernels import farthest_point_sample, knn
+
+    n = xyz.shape[0]
+    if n <= max_points:
+        return [torch.arange(n)]
+    seeds = farthest_point_sample(xyz[None], min(n, math.ceil(overlap * n / max_points)))[0]
+    crops = list(knn(xyz[seeds][None], xyz[None], max_points)[0][0])
+    covered = torch.zeros(n, dtype=torch.bool)
+    for crop in crops:
+        covered[crop] = True
+    while not bool(covered.all()):   # top up: the lowest-index uncovered point seeds one more crop
+        seed = int(torch.nonzero(~covered)[0])
+        crop = knn(xyz[seed][None, None], xyz[None], max_points)[0][0, 0]
+        crops.append(crop)
+        covered[crop] = True
+    return [c.long() for c in crops]
+
+
+class PointCloudSegmentationPipeline(_PointCloudPipeline):
+    task = "point_cloud_segmentation"
+    default_backbone = "pointnet2_semseg_ssg"
+    Options = SegmentationOptions
+    metrics = ("point_segmentation",)
+    monitor = ("val_miou", "max")
+
+    # ------------------------------------------------------------------ core inference
+    def segment(self, points: np.ndarray, rgb: np.ndarray | None = None) -> dict:
+        """points float [N, 3] (NaN allowed), rgb [N, 3] in [0, 1] or None -> {pred [N] (voted when votes > 0),
+        pred_single [N], logits [V, C] of the sampled points, fragments, sampled_points, ...}."""
+        from mtp.kernels import grid_sample
+
+        points = np.asarray(points, dtype=np.float32)
+        valid = np.isfinite(points).all(1)
+        n = len(points)
+        pred = np.full(n, INVALID_LABEL, dtype=np.int32)
+        stats = {"points": n, "valid_points": int(valid.sum()), "sampled_points": 0, "fragments": 0,
+                 "max_fragment_points": 0, "votes": self.config["votes"]}
+        if not valid.any():
+            return {"pred": pred, "pred_single": pred.copy(), **stats}
+        xyz = torch.from_numpy(points[valid])
+        sample = grid_sample(xyz, self.config["grid_size"], mode="center")
+        sampled = xyz[sample.index]
+        colours = None if rgb is None else np.asarray(rgb, dtype=np.float32)[valid][sample.index.numpy()]
+        crops = sphere_crops(sampled, self.config["max_points"], self.config["overlap"])
+        covered = torch.zeros(len(sampled), dtype=torch.bool)
+        for crop in crops:
+            covered[crop] = True
+        stats.update(sampled_points=len(sampled), fragments=len(crops),
+                     max_fragment_points=max(len(c) for c in crops), covered=bool(covered.all()))
+        extent = sampled.abs().max(0).values.numpy()
+        single = self._crop_logits(sampled, colours, crops, extent, rotation=None)
+        single_labels = single.argmax(1)[sample.inverse].numpy()
+        pred_single = pred.copy()
+        pred_single[valid] = single_labels
+        total = single.clone()
+        generator = torch.Generator().manual_seed(self.config["seed"])
+        for _ in range(self.config["votes"]):
+            angle = float(torch.rand((), generator=generator)) * 2 * math.pi
+            total += self._crop_logits(sampled, colours, crops, extent, rotation=(angle, generator))
+        voted = total / (1 + self.config["votes"])
+        pred[valid] = voted.argmax(1)[sample.inverse].numpy()
+        return {"pred": pred, "pred_single": pred_single, "logits": voted, **stats}
+
+    def _crop_logits(self, sampled, colours, crops, extent, rotation) -> torch.Tensor:
+        c = self.num_classes
+        total = torch.zeros(len(sampled), c)
+        count = torch.zeros(len(sampled), 1)
+        step = self.config["crop_batch"]
+        device = self._device()
+        for start in range(0, len(crops), step):
+            group = crops[start:start + step]
+            size = max(len(g) for g in group)
+            xyz = torch.full((len(group), size, 3), float("nan"))
+            feats = None if self.in_channels == 0 else torch.zeros(len(group), size, self.in_channels)
+            for i, crop in enumerate(group):
+                local = sampled[crop] - sampled[crop].mean(0)
+                if rotation is not None:
+                    angle, generator = rotation
+                    cos, sin = math.cos(angle), math.sin(angle)
+                    rot = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+                    local = local @ rot.T + torch.randn(local.shape, generator=generator) * (
+                        0.5 * self.config["grid_size"])
+                xyz[i, :len(crop)] = local
+                f = model_features(sampled[crop].numpy(), None if colours is None else colours[crop.numpy()],
+                                   self.in_channels, extent)
+                if f is not None:
+                    feats[i, :len(crop)] = torch.from_numpy(f)
+            lengths = torch.tensor([len(g) for g in group])
+            logits = self.model(xyz.to(device, self.dtype), None if feats is None else feats.to(device, self.dtype),
+                                lengths=lengths.to(device)).float().cpu()
+            for i, crop in enumerate(group):
+                total.index_add_(0, crop, logits[i, :len(crop)])
+                count[crop] += 1
+        return total / count.clamp(min=1)
+
+    # ------------------------------------------------------------------ inference hooks
+    def load(self, source):
+        cloud = _load_cloud(source)
+        if len(cloud) == 0:
+            raise InputError(f"{source}: the cloud has no points")
+        return {"name": str(source) if isinstance(source, (str, Path)) else "<cloud>", "cloud": cloud}
+
+    def preprocess(self, item) -> dict:
+        cloud = item["cloud"]
+        if not cloud.valid.any():
+            log.warning("%s: no valid (finite) point; every point is labelled %d", item["name"], INVALID_LABEL)
+        return {"points": cloud.points, "rgb": _colors(cloud)}
+
+    def forward(self, inputs: list[dict]) -> list:
+        with torch.inference_mode():
+            return [self.segment(one["points"], one["rgb"]) for one in inputs]
+
+    def postprocess(self, output, item, inputs: dict) -> dict:
+        from mtp.datasets.point_cloud import PointCloud
+
+        cloud = item["cloud"]
+        fields = {**cloud.fields, "pred": output["pred"].astype(np.int32)}
+        labelled = PointCloud(cloud.points, fields, width=cloud.width, height=cloud.height,
+                              viewpoint=cloud.viewpoint, source=cloud.source)
+        counts = {name: int((output["pred"] == k).sum()) for k, name in enumerate(self.class_names)}
+        counts["invalid"] = int((output["pred"] == INVALID_LABEL).sum())
+        return {"name": item["name"], "cloud": labelled, "counts": counts,
+                **{k: v for k, v in output.items() if k != "logits"}}
+
+    def output_paths(self, relative: Path) -> list[Path]:
+        stem = self.stem(relative)
+        fmt = self.config["format"]
+        suffix = ("." + fmt.lower().lstrip(".")) if fmt else (relative.suffix.lower() if relative.suffix.lower()
+                                                               in WRITABLE else ".ply")
+        paths = [relative.with_name(stem + suffix)]
+        if self.config["render"]:
+            paths.append(relative.with_name(stem + ".png"))
+        return paths
+
+    def save(self, result, paths: list[Path], overwrite: bool) -> list[Path]:
+        from mtp.datasets.point_cloud import write_points
+
+        written = [write_points(paths[0], result["cloud"], overwrite=overwrite)]
+        for path in paths[1:]:
+            written.append(render_labels(result["cloud"].points, result["pred"], path, self.class_names,
+                                         title=Path(result["name"]).name, overwrite=overwrite))
+        return written
+
+    # ------------------------------------------------------------------ training and evaluation
+    def datasets(self, recipe) -> dict:
+        splits = super().datasets(recipe)
+        for split in ("train", "val"):
+            if splits.get(split) is not None:
+                splits[split] = SegmentationCrops(splits[split], self.config["grid_size"], self.config["max_points"],
+                                                  self.config["crops_per_scene"], self.config["seed"],
+                                                  augment=self.config["augment"] and split == "train",
+                                                  in_channels=self.in_channels)
+        return splits
+
+    def _loss_and_logits(self, batch):
+        device = self._device()
+        xyz, labels = batch["points"].to(device), batch["labels"].to(device)
+        feats = batch["features"].to(device) if self.in_channels else None
+        logits = self.model(xyz, feats)
+        valid = labels != self.config["ignore_index"]
+        if not bool(valid.any()):
+            return logits.sum() * 0.0, logits, labels
+        loss = torch.nn.functional.cross_entropy(logits[valid], labels[valid])
+        return loss, logits, labels
+
+    def training_loss(self, batch):
+        return self._loss_and_logits(batch)[0]
+
+    def validation_metrics(self, batch) -> dict:
+        from mtp.pipelines.point_cloud.metrics import ConfusionMatrix
+
+        loss, logits, labels = self._loss_and_logits(batch)
+        matrix = ConfusionMatrix(self.num_classes, ignore_index=self.config["ignore_index"])
+        matrix.update(logits.argmax(-1).cpu(), labels.cpu())
+        miou = matrix.miou
+        return {"val_loss": loss, "val_miou": torch.tensor(0.0 if math.isnan(miou) else miou)}
+
+    def default_dataset(self, root, split):
+        from mtp.datasets.point_cloud.layouts import MOSD
+
+        return MOSD(root, split)
+
+    def evaluation_step(self, batch) -> tuple:
+        """Scenes -> ({single: [N] labels per scene, voted: ... or None}, [N] reference labels per scene); every
+        point of a scene is predicted by the inference path (grid sample, crops, inverse map)."""
+        singles, voted, references = [], [], []
+        for item in batch:
+            points = item["points"].numpy() if isinstance(item["points"], torch.Tensor) else np.asarray(item["points"])
+            feats = item.get("features")
+            rgb = None
+            if feats is not None and feats.shape[1] >= 3:
+                rgb = np.asarray(feats[:, :3], dtype=np.float32)
+            out = self.segment(points, rgb)
+            reference = np.asarray(item["labels"]).astype(np.int64)
+            if "valid" in item:
+                reference = np.where(np.asarray(item["valid"]), reference, self.config["ignore_index"])
+            singles.append(out["pred_single"].astype(np.int64))
+            voted.append(out["pred"].astype(np.int64) if self.config["votes"] else None)
+            references.append(reference)
+        return {"single": singles, "voted": voted}, references
+
+    def metric_kwargs(self, name: str, options: dict) -> dict:
+        return {"num_classes": self.num_classes, "ignore_index": self.config["ignore_index"],
+                "class_names": self.class_names}
+
+    def write_artifacts(self, run_dir: Path, splits: dict, recipe) -> list[Path]:
+        """The first evaluation scene rendered by prediction (<run>/renders/<id>.png)."""
+        split = splits.get(recipe.eval.split)
+        if split is None or len(split) == 0:
+            return []
+        item = split[0]
+        points = np.asarray(item["points"])
+        rgb = np.asarray(item["features"][:, :3]) if item["features"].shape[1] >= 3 else None
+        with torch.no_grad():
+            out = self.segment(points, rgb)
+        return [render_labels(points, out["pred"], run_dir / "renders" / f"{item.get('id', 'scene')}.png",
+                              self.class_names, title=str(item.get("id", "")), overwrite=True)]
+
+
+class SegmentationCrops(torch.utils.data.Dataset):
+    """Training crops from scene datasets (items with points, features, labels, optional valid): invalid points
+    dropped, grid-sampled once per scene (mode "center", cached), then per item a kNN sphere crop of
+    `points` points around a random sampled point (a scene with fewer points is repeated cyclically), centred
+    on its centroid; with `augment`, a random rotation about z, scale in [0.9, 1.1] and Gaussian jitter
+    (0.25 * grid size). Draws are seeded by (seed, epoch, index): an epoch is reproducible."""
+
+    def __init__(self, scenes, grid_size: float, points: int, crops_per_scene: int, seed: int = 0,
+                 augment: bool = True, in_channels: int = 3):
+        self.scenes, self.grid_size, self.points = scenes, grid_size, points
+        self.crops_per_scene, self.seed, self.augment, self.in_channels = crops_per_scene, seed, augment, in_channels
+        self.epoch = 0
+        self._cache: dict[int, tuple] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.scenes) * self.crops_per_scene
+
+    def _scene(self, index: int):
+        if index not in self._cache:
+            from mtp.kernels import grid_sample
+
+            item = self.scenes[index]
+            points = torch.as_tensor(item["points"]).float()
+            valid = torch.isfinite(points).all(1)
+            if "valid" in item:
+                valid &= torch.as_tensor(item["valid"]).bool()
+            points = points[valid]
+            if len(points) == 0:
+                raise InputError(f"scene {item.get('id', index)}: no valid point")
+            keep = grid_sample(points, self.grid_size, mode="center").index
+            feats = torch.as_tensor(item["features"])[valid][keep]
+            rgb = feats[:, :3].numpy() if feats.shape[1] >= 3 else None
+            xyz = points[keep].numpy()
+            self._cache[index] = (xyz, rgb, torch.as_tensor(item["labels"])[valid][keep].numpy(),
+                                  np.abs(xyz).max(0))
+        return self._cache[index]
+
+    def __getitem__(self, index: int) -> dict:
+        xyz, rgb, labels, extent = self._scene(index // self.crops_per_scene)
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        centre = xyz[rng.integers(len(xyz))]
+        d = ((xyz - centre) ** 2).sum(1)
+        if len(xyz) > self.points:
+            chosen = np.argpartition(d, self.points - 1)[:self.points]
+        else:
+            chosen = np.resize(np.arange(len(xyz)), self.points)
+        local = xyz[chosen] - xyz[chosen].mean(0)
+        if self.augment:
+            angle = rng.uniform(0, 2 * np.pi)
+            cos, sin = np.cos(angle), np.sin(angle)
+            local = local @ np.array([[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]], dtype=np.float64).T
+            local = local * rng.uniform(0.9, 1.1) + rng.normal(0, 0.25 * self.grid_size, local.shape)
+        feats = model_features(xyz[chosen], None if rgb is None else rgb[chosen], self.in_channels, extent)
+        feats = np.zeros((self.points, 0), np.float32) if feats is None else feats
+        return {"points": torch.from_numpy(local.astype(np.float32)), "features": torch.from_numpy(feats),
+                "labels": torch.from_numpy(labels[chosen].astype(np.int64))}
+
+    @staticmethod
+    def collate(batch):
+        return {key: torch.stack([b[key] for b in batch]) for key in batch[0]}
+
+
+def render_labels(points: np.ndarray, labels: np.ndarray, path: Path, class_names: list[str], title: str = "",
+                  overwrite: bool = False, max_points: int = 60000) -> Path:
+    """A PNG of the valid points coloured by label: front view (x, -y: a Kinect camera's image) and top view
+    (x, z); at most `max_points` points drawn (an evenly strided subset)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = np.asarray(points, dtype=np.float32)
+    keep = np.flatnonzero(np.isfinite(points).all(1) & (labels >= 0))
+    if len(keep) > max_points:
+        keep = keep[np.linspace(0, len(keep) - 1, max_points).astype(np.int64)]
+    p, lab = points[keep], labels[keep]
+    colours = PALETTE[lab % len(PALETTE)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    for ax, (a, b, sign, name) in zip(axes, ((0, 1, -1, "front (x, -y)"), (0, 2, 1, "top (x, z)"))):
+        ax.scatter(p[:, a], sign * p[:, b], c=colours, s=0.5, linewidths=0)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    present = sorted(set(int(v) for v in np.unique(lab)))
+    handles = [plt.Line2D([], [], marker="o", ls="", color=PALETTE[k % len(PALETTE)],
+                          label=class_names[k] if k < len(class_names) else str(k)) for k in present]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------- classification
+@dataclass
+class ClassificationOptions:
+    num_points: int = 1024           # points per shape (PointNet++ ModelNet40)
+    sampling: str = "fps"            # fps (farthest point sampling from index 0) | first (the first N valid points)
+    class_names: Optional[list] = None  # None: ModelNet40/10 names for 40/10 classes, else class_<i>
+    top_k: int = 5                   # classes listed in the JSON's "top"
+    augment: bool = True             # training: random scale 0.8-1.25 and shift +-0.1 (yanx27's ModelNet aug)
+    label_smoothing: float = 0.0
+
+    def validate(self):
+        if self.num_points < 1:
+            raise ValueError(f"num_points={self.num_points}: expected >= 1")
+        if self.sampling not in ("fps", "first"):
+            raise ValueError(f"sampling={self.sampling!r}: expected fps or first")
+
+
+def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
+    centred = points - points.mean(0)
+    radius = float(np.sqrt((centred ** 2).sum(1)).max()) if len(points) else 0.0
+    return centred / radius if radius > 0 else centred
+
+
+class PointCloudClassificationPipeline(_PointCloudPipeline):
+    task = "point_cloud_classification"
+    default_backbone = "pointnet2_cls_ssg"
+    Options = ClassificationOptions
+    metrics = ("point_classification",)
+    monitor = ("val_accuracy", "max")
+    max_batch_items = 64
+    eval_batch_size = 16
+
+    def shape_points(self, points: np.ndarray, normals: np.ndarray | None = None):
+        """The standard preprocessing (module docstring) -> (xyz [num_points, 3], features [num_points, C])."""
+        from mtp.kernels import farthest_point_sample
+
+        valid = np.isfinite(points).all(1)
+        points = points[valid]
+        if len(points) == 0:
+            raise InputError("the cloud has no valid (finite) point")
+        n = self.config["num_points"]
+        if len(points) < n:
+            chosen = np.resize(np.arange(len(points)), n)
+        elif self.config["sampling"] == "first":
+            chosen = np.arange(n)
+        else:
+            chosen = farthest_point_sample(torch.from_numpy(np.ascontiguousarray(points))[None], n)[0].numpy()
+        xyz = normalize_unit_sphere(points[chosen].astype(np.float64)).astype(np.float32)
+        if self.in_channels == 0:
+            return xyz, np.zeros((n, 0), np.float32)
+        if self.in_channels != 3 or normals is None:
+            raise InputError(f"the model takes {self.in_channels} feature channels (normals nx ny nz); the cloud has "
+                             f"{'no normals' if normals is None else 'normals but the model takes another count'}")
+        return xyz, normals[valid][chosen].astype(np.float32)
+
+    def load(self, source):
+        cloud = _load_cloud(source)
+        return {"name": str(source) if isinstance(source, (str, Path)) else "<cloud>", "cloud": cloud}
+
+    def preprocess(self, item) -> dict:
+        xyz, feats = self.shape_points(item["cloud"].points, _normals(item["cloud"]))
+        return {"points": torch.from_numpy(xyz), "features": torch.from_numpy(feats)}
+
+    def forward(self, inputs: list[dict]) -> list:
+        device = self._device()
+        xyz = torch.stack([one["points"] for one in inputs]).to(device, self.dtype)
+        feats = torch.stack([one["features"] for one in inputs]).to(device, self.dtype) if self.in_channels else None
+        with torch.inference_mode():
+            return list(torch.softmax(self.model(xyz, feats).float(), -1).cpu())
+
+    def postprocess(self, output, item, inputs: dict) -> dict:
+        names = self.class_names
+        probs = output.tolist()
+        best = int(output.argmax())
+        top = output.argsort(descending=True)[:self.config["top_k"]].tolist()
+        return {"name": item["name"], "class_id": best, "class_name": names[best], "probability": probs[best],
+                "top": [{"class_id": k, "class_name": names[k], "probability": probs[k]} for k in top],
+                "probabilities": {names[k]: p for k, p in enumerate(probs)}}
+
+    def output_paths(self, relative: Path) -> list[Path]:
+        return [relative.with_name(self.stem(relative) + ".json")]
+
+    def save(self, result, paths: list[Path], overwrite: bool) -> list[Path]:
+        import json
+
+        with atomic_path(paths[0], overwrite=overwrite) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+        return [paths[0]]
+
+    # ------------------------------------------------------------------ training and evaluation
+    def datasets(self, recipe) -> dict:
+        splits = super().datasets(recipe)
+        train = splits.get("train")
+        if self.config["class_names"] is None and getattr(train, "classes", None):
+            self.config["class_names"] = list(train.classes)
+        return {k: (v if v is None else _Shapes(v)) for k, v in splits.items()}
+
+    def _batch(self, batch):
+        device = self._device()
+        xyz = batch["points"].to(device)
+        feats = batch["features"].to(device) if self.in_channels else None
+        return xyz, feats, batch["label"].to(device)
+
+    def training_loss(self, batch):
+        xyz, feats, label = self._batch(batch)
+        if self.config["augment"]:
+            b = xyz.shape[0]
+            scale = torch.empty(b, 1, 3, device=xyz.device).uniform_(0.8, 1.25)
+            shift = torch.empty(b, 1, 3, device=xyz.device).uniform_(-0.1, 0.1)
+            xyz = xyz * scale + shift
+        return torch.nn.functional.cross_entropy(self.model(xyz, feats), label,
+                                                 label_smoothing=self.config["label_smoothing"])
+
+    def validation_metrics(self, batch) -> dict:
+        xyz, feats, label = self._batch(batch)
+        logits = self.model(xyz, feats)
+        return {"val_loss": torch.nn.functional.cross_entropy(logits, label),
+                "val_accuracy": (logits.argmax(-1) == label).float().mean()}
+
+    def evaluation_dataset(self, data, split: str = "test"):
+        if isinstance(data, (str, Path)):
+            data = self._named_dataset(data, split)
+        return data if isinstance(data, _Shapes) else _Shapes(data)
+
+    def default_dataset(self, root, split):
+        from mtp.datasets.point_cloud.layouts import ModelNet
+
+        return ModelNet(root, split, num_points=self.config["num_points"], normals=self.in_channels == 3)
+
+    def evaluation_step(self, batch) -> tuple:
+        xyz, feats, label = self._batch(batch)
+        return self.model(xyz, feats).float().cpu(), label.cpu()
+
+    def metric_kwargs(self, name: str, options: dict) -> dict:
+        return {"num_classes": self.num_classes, "class_names": self.class_names}
+
+
+class _Shapes(torch.utils.data.Dataset):
+    """Shapes as the classifier takes them: a fixed number of points per shape (cyclic repeat when fewer, first N
+    when more) and collate_points batching."""
+
+    def __init__(self, base):
+        self.base = base
+        self.classes = getattr(base, "classes", None)
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        return self.base[index]
+
+    @staticmethod
+    def collate(batch):
+        from mtp.datasets.point_cloud.layouts import collate_points
+
+        sizes = {len(b["points"]) for b in batch}
+        if len(sizes) > 1:
+            n = min(sizes)
+            batch = [{**b, "points": b["points"][:n], "features": b["features"][:n]} for b in batch]
+        return collate_points(batch)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+class SegmentationMetrics:
+    """Semantic segmentation over a whole split: one ConfusionMatrix summed over every scene (never per batch or
+    per scene); per-class IoU, mIoU, overall and mean class accuracy. Voted predictions, when given, get their own
+    matrix and ``vote/`` keys."""
+
+    def __init__(self, num_classes: int, ignore_index: int | None = -1, class_names: list | None = None):
+        from mtp.pipelines.point_cloud.metrics import ConfusionMatrix
+
+        self.names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.single = ConfusionMatrix(num_classes, ignore_index)
+        self.voted = ConfusionMatrix(num_classes, ignore_index)
+        self.has_votes = False
+
+    def update(self, prediction, target) -> None:
+        if isinstance(prediction, dict):
+            singles, voted = prediction["single"], prediction.get("voted") or []
+        else:
+            singles, voted = prediction, []
+        targets = target if isinstance(target, (list, tuple)) else [target]
+        singles = singles if isinstance(singles, (list, tuple)) else [singles]
+        for p, t in zip(singles, targets):
+            self.single.update(_valid_predictions(p, t, self.single.ignore_index), t)
+        for p, t in zip(voted, targets):
+            if p is not None:
+                self.has_votes = True
+                self.voted.update(_valid_predictions(p, t, self.voted.ignore_index), t)
+
+    def compute(self) -> dict:
+        out = self.single.summary(self.names)
+        if self.has_votes:
+            out.update({f"vote/{k}": v for k, v in self.voted.summary(self.names).items()})
+        return out
+
+
+def _valid_predictions(prediction, target, ignore_index):
+    """A prediction of INVALID_LABEL on a point the reference scores (a valid point the model did not label) is
+    an error rather than a silent class."""
+    prediction = np.asarray(prediction)
+    target = np.asarray(target)
+    scored = target != ignore_index if ignore_index is not None else np.ones(target.shape, bool)
+    if (prediction[scored] < 0).any():
+        raise ValueError("a scored reference point has no prediction (label -1): its coordinates are not finite")
+    return np.where(scored, prediction, 0)
+
+
+class ClassificationAccuracy:
+    """Shape classification over a whole split: overall accuracy and mean class accuracy (ConfusionMatrix)."""
+
+    def __init__(self, num_classes: int, class_names: list | None = None):
+        from mtp.pipelines.point_cloud.metrics import ConfusionMatrix
+
+        self.matrix = ConfusionMatrix(num_classes)
+        self.names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+
+    def update(self, prediction, target) -> None:
+        self.matrix.update(prediction, target)
+
+    def compute(self) -> dict:
+        out = {"overall_accuracy": self.matrix.overall_accuracy,
+               "mean_class_accuracy": self.matrix.mean_class_accuracy}
+        out.update({f"accuracy/{n}": float(v) for n, v in zip(self.names, self.matrix.class_accuracy)})
+        return out
