@@ -670,19 +670,13 @@ class PointCloudClassificationPipeline(_PointCloudPipeline):
         return {"num_classes": self.num_classes, "class_names": self.class_names}
 
 
-class _Shapes(torch.utils.data.Dataset):
+class _Shapes(_Items):
     """Shapes as the classifier takes them: a fixed number of points per shape (cyclic repeat when fewer, first N
     when more) and collate_points batching."""
 
     def __init__(self, base):
-        self.base = base
+        super().__init__(base)
         self.classes = getattr(base, "classes", None)
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, index):
-        return self.base[index]
 
     @staticmethod
     def collate(batch):
