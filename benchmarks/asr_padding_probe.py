@@ -1,0 +1,47 @@
+"""How a trained FSDD recogniser's isolated-digit errors move when silence is added around each test clip.
+
+    MTP_DATA_DIR=../shared/data bash scripts/env.sh python benchmarks/asr_padding_probe.py \
+        --weights runs/squeezeformer_fsdd/model.safetensors --pad-s 0,0.05,0.15,0.3
+
+One JSON line per padding: the error count over the 300 test files (takes 0-4), errors per speaker and each
+wrong transcript. A diagnosis tool (the recipes test the clips as they are), not a figure to report as WER.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from pathlib import Path
+
+import soundfile as sf
+import torch
+
+from mtp import Pipeline
+from mtp.datasets.speech_recognition import DIGIT_WORDS
+from mtp.files import data_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", required=True, help="an exported run's model.safetensors")
+    parser.add_argument("--pad-s", default="0,0.05,0.15,0.3", help="seconds of silence on each side, comma-separated")
+    args = parser.parse_args()
+    pipe = Pipeline("speech_recognition", weights=args.weights)
+    folder = Path(data_dir()) / "speech" / "fsdd" / "recordings"
+    files = sorted(p for p in folder.glob("*.wav") if int(p.stem.split("_")[2]) <= 4)
+    clips = [sf.read(f, dtype="float32") for f in files]
+    for pad_s in (float(v) for v in args.pad_s.split(",")):
+        inputs = []
+        for wave, rate in clips:
+            silence = torch.zeros(int(round(pad_s * rate)))
+            inputs.append((torch.cat([silence, torch.from_numpy(wave), silence]), rate))
+        outputs = pipe(inputs)
+        wrong = [(f.stem, o["text"]) for f, o in zip(files, outputs)
+                 if o["text"].strip() != DIGIT_WORDS[int(f.stem.split("_")[0])]]
+        by_speaker = collections.Counter(stem.split("_")[1] for stem, _ in wrong)
+        print(json.dumps({"bench": "asr_padding_probe", "pad_s": pad_s, "files": len(files), "errors": len(wrong),
+                          "errors_by_speaker": dict(by_speaker), "wrong": wrong}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
