@@ -182,9 +182,10 @@ def _diagnose_table(path: Path, columns: int, delimiter: str | None, max_rows: i
     raise PointCloudLayoutError(f"{path}: not a table of {columns} numbers a row{label}")
 
 
-def _normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
+def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
+    """Centroid to the origin, farthest point at radius 1 (PointNet++'s pc_normalize); an empty cloud as it is."""
     centred = points - points.mean(axis=0)
-    radius = np.sqrt((centred ** 2).sum(axis=1)).max()
+    radius = float(np.sqrt((centred ** 2).sum(axis=1)).max()) if len(points) else 0.0
     return centred / radius if radius > 0 else centred
 
 
@@ -272,7 +273,7 @@ class ModelNet(Dataset):
             raise PointCloudLayoutError(f"{path}: {len(table)} points, fewer than num_points={self.num_points}")
         points = table[:, :3]
         if self.normalize:
-            points = _normalize_unit_sphere(points)
+            points = normalize_unit_sphere(points)
         features = _features(table[:, 3:6], n=len(table)) if self.normals else _features(n=len(table))
         return {"points": torch.from_numpy(points.astype(np.float32)), "features": features, "label": label,
                 "id": shape_id}

@@ -43,11 +43,10 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from mtp.datasets.point_cloud.io import READ_SUFFIXES, WRITE_SUFFIXES
+from mtp.datasets.point_cloud.layouts import normalize_unit_sphere
 from mtp.files import atomic_path
 from mtp.pipeline import InputError, OptionError, TaskPipeline
-
-POINT_SUFFIXES = (".pcd", ".ply", ".off", ".xyz", ".txt", ".npy")
-WRITABLE = (".pcd", ".ply", ".npy")
 INVALID_LABEL = -1
 log = logging.getLogger("mtp.point_cloud")
 
@@ -121,7 +120,7 @@ class _Items(torch.utils.data.Dataset):
 
 
 class _PointCloudPipeline(TaskPipeline):
-    input_suffixes = POINT_SUFFIXES
+    input_suffixes = READ_SUFFIXES
     max_batch_items = 1
 
     @property
@@ -343,7 +342,7 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
         stem = self.stem(relative)
         fmt = self.config["format"]
         suffix = ("." + fmt.lower().lstrip(".")) if fmt else (relative.suffix.lower() if relative.suffix.lower()
-                                                               in WRITABLE else ".ply")
+                                                               in WRITE_SUFFIXES else ".ply")
         paths = [relative.with_name(stem + suffix)]
         if self.config["render"]:
             paths.append(relative.with_name(stem + ".png"))
@@ -548,12 +547,6 @@ class ClassificationOptions:
             raise ValueError(f"num_points={self.num_points}: expected >= 1")
         if self.sampling not in ("fps", "first"):
             raise ValueError(f"sampling={self.sampling!r}: expected fps or first")
-
-
-def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
-    centred = points - points.mean(0)
-    radius = float(np.sqrt((centred ** 2).sum(1)).max()) if len(points) else 0.0
-    return centred / radius if radius > 0 else centred
 
 
 class PointCloudClassificationPipeline(_PointCloudPipeline):
