@@ -280,3 +280,17 @@ def test_bad_inputs(lavie, vc2):
         fl.gaussian_low_pass_filter((5, 8))
     with pytest.raises(ValueError, match="self-attention only"):
         fl.FreeLongAttnProcessor(hw=(5, 8))(vblock.attn1, torch.randn(40, 32, 16), torch.randn(40, 4, 16))
+
+
+def test_processor_runs_inside_a_real_diffusers_attention(vc2):
+    """Installed with set_processor on diffusers' own Attention (the fixture's attn1 weights under its names),
+    called through Attention.forward as a UNet would."""
+    from diffusers.models.attention_processor import Attention
+
+    block, io, atol = vc2
+    x = io["hidden_states"]
+    layer = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    layer.load_state_dict(block.attn1.state_dict(), strict=True)
+    layer.set_processor(fl.FreeLongAttnProcessor(fl.FreeLongConfig(mask="strict"), hw=(5, 8)))
+    with torch.no_grad():
+        close(layer(block.norm1(x)) + x, io["after_attn1"], atol)
