@@ -108,47 +108,36 @@ def group_quadratic_attention(q, k, v, mask=None, *, group_size: int = 256, drop
     """
     _check(q, k, v, mask, "group_quadratic_attention")
     if accumulate is not None:
-        return _accumulate_quadratic(q, k, v, mask, group_size, dropout_p, groups_per_step, accumulate)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, accumulate)):
+            raise ValueError("group_quadratic_attention: accumulate= is for inference; with autograd, add the "
+                             "result")
+        shape = (*torch.broadcast_shapes(q.shape[:-1], k.shape[:-1], v.shape[:-1]), v.shape[-1])
+        if tuple(accumulate.shape) != shape:
+            raise ValueError(f"group_quadratic_attention: accumulate must be {shape}, got "
+                             f"{tuple(accumulate.shape)}")
     n, g = q.shape[-2], group_size
     k = _mask_rows(k, mask)   # relu(q . 0)^2 == 0: a zero key row is a masked key
     full = n // g
     batch = max(math.prod(q.shape[:-2]), math.prod(k.shape[:-2]), 1)
     if groups_per_step is None:
         groups_per_step = max(1, SCORE_BUDGET // (batch * g * g))
-    pieces = []
-    for start in range(0, full, groups_per_step):
-        stop = min(full, start + groups_per_step)
-        span = slice(start * g, stop * g)
-        qs, ks, vs = (t[..., span, :].unflatten(-2, (stop - start, g)) for t in (q, k, v))
-        out = _quadratic(qs, ks, vs, g, dropout_p, dropout_p > 0)
-        pieces.append(out.flatten(-3, -2))
+    spans = [(slice(start * g, min(full, start + groups_per_step) * g), min(full, start + groups_per_step) - start)
+             for start in range(0, full, groups_per_step)]
     if n > full * g:   # the short last group: its missing (padded) keys would only add zeros
-        tail = slice(full * g, n)
-        pieces.append(_quadratic(q[..., tail, :], k[..., tail, :], v[..., tail, :], g, dropout_p, dropout_p > 0))
+        spans.append((slice(full * g, n), None))
+    pieces = []
+    for span, groups in spans:
+        qs, ks, vs = (t[..., span, :] if groups is None else t[..., span, :].unflatten(-2, (groups, g))
+                      for t in (q, k, v))
+        out = _quadratic(qs, ks, vs, g, dropout_p, dropout_p > 0)
+        out = out if groups is None else out.flatten(-3, -2)
+        if accumulate is None:
+            pieces.append(out)
+        else:
+            accumulate[..., span, :].add_(out)
+    if accumulate is not None:
+        return accumulate
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-2)
-
-
-def _accumulate_quadratic(q, k, v, mask, g: int, dropout_p: float, groups_per_step, out: torch.Tensor):
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, out)):
-        raise ValueError("group_quadratic_attention: accumulate= is for inference; with autograd, add the result")
-    shape = (*torch.broadcast_shapes(q.shape[:-1], k.shape[:-1], v.shape[:-1]), v.shape[-1])
-    if tuple(out.shape) != shape:
-        raise ValueError(f"group_quadratic_attention: accumulate must be {shape}, got {tuple(out.shape)}")
-    n = q.shape[-2]
-    k = _mask_rows(k, mask)
-    full = n // g
-    batch = max(math.prod(shape[:-2]), 1)
-    step = groups_per_step or max(1, SCORE_BUDGET // (batch * g * g))
-    for start in range(0, full, step):
-        stop = min(full, start + step)
-        span = slice(start * g, stop * g)
-        qs, ks, vs = (t[..., span, :].unflatten(-2, (stop - start, g)) for t in (q, k, v))
-        out[..., span, :].unflatten(-2, (stop - start, g)).add_(_quadratic(qs, ks, vs, g, dropout_p, dropout_p > 0))
-    if n > full * g:
-        tail = slice(full * g, n)
-        out[..., tail, :].add_(_quadratic(q[..., tail, :], k[..., tail, :], v[..., tail, :], g, dropout_p,
-                                          dropout_p > 0))
-    return out
 
 
 def chunked_linear_attention(q, k, v, mask=None, *, chunk_size: int = 2048):
