@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-from pathlib import Path
 
 import soundfile as sf
 import torch
@@ -27,7 +26,9 @@ def main() -> None:
     parser.add_argument("--pad-s", default="0,0.05,0.15,0.3", help="seconds of silence on each side, comma-separated")
     args = parser.parse_args()
     pipe = Pipeline("speech_recognition", weights=args.weights)
-    folder = Path(data_dir()) / "speech" / "fsdd" / "recordings"
+    if data_dir() is None:
+        raise SystemExit("asr_padding_probe: set MTP_DATA_DIR (the folder holding speech/fsdd/recordings)")
+    folder = data_dir() / "speech" / "fsdd" / "recordings"
     files = sorted(p for p in folder.glob("*.wav") if int(p.stem.split("_")[2]) <= 4)
     clips = [sf.read(f, dtype="float32") for f in files]
     for pad_s in (float(v) for v in args.pad_s.split(",")):
