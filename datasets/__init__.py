@@ -67,5 +67,8 @@ DATASETS.register("s3dis", f"{_PC}:s3dis", {}, tasks=["point_cloud_segmentation"
                   description="S3DIS rooms (13 classes), train = every area but test_area (5), test = test_area")
 DATASETS.register("modelnet40", f"{_PC}:modelnet", dict(num_classes=40), tasks=["point_cloud_classification"],
                   description="ModelNet40 resampled (PointNet++ release): first num_points rows, unit sphere")
+DATASETS.register("modelnet40_h5", f"{_PC}:modelnet_h5", {}, tasks=["point_cloud_classification"],
+                  description="ModelNet40 in PointNet's HDF5 release (modelnet40_ply_hdf5_2048): first num_points "
+                              "of 2,048, as stored (already in the unit sphere)")
 DATASETS.register("modelnet10", f"{_PC}:modelnet", dict(num_classes=10), tasks=["point_cloud_classification"],
                   description="ModelNet10 from the same folder (modelnet10_* lists)")

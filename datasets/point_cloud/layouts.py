@@ -24,6 +24,13 @@ Layouts:
   rows is an error. ``normalize`` (default True, as the PointNet++ loader does) centres the kept points on their
   centroid and scales them into the unit sphere. Items: ``label`` (int class index), ``features`` the normals
   (C = 3) or nothing (``normals=False``).
+- ModelNet40 HDF5 (``modelnet40_ply_hdf5_2048/``, PointNet's release, used by DGCNN and most classification
+  code): ``shape_names.txt`` (40 classes in index order), ``train_files.txt`` / ``test_files.txt`` (one HDF5
+  path a line, relative to PointNet's repository, e.g. ``data/modelnet40_ply_hdf5_2048/ply_data_train0.h5``:
+  the file is looked up by its name in this folder) and the ``ply_data_*.h5`` files, each with ``data``
+  float32 [shapes, 2048, 3] and ``label`` [shapes, 1] (and ``normal`` [shapes, 2048, 3]). ``num_points`` keeps
+  the first N points of each shape. Items: ``label``, ``features`` the normals (``normals=True``) or nothing,
+  ``id`` ``<file stem>/<row>``.
 - ShapeNetPart (``shapenetcore_partanno_segmentation_benchmark_v0_normal/``): ``synsetoffset2category.txt``
   (``<Category>\\t<synset>`` lines), ``train_test_split/shuffled_{train,val,test}_file_list.json`` (a JSON list
   of ``shape_data/<synset>/<token>``) and ``<synset>/<token>.txt`` with whitespace-separated rows
@@ -99,6 +106,7 @@ DEFAULT_ROOTS = {
     "shapenetpart": "shapenetcore_partanno_segmentation_benchmark_v0_normal",
     "s3dis": "Stanford3dDataset_v1.2_Aligned_Version",
     "mosd": "pointcloud/mOSD",
+    "modelnet_h5": "modelnet40_ply_hdf5_2048",
 }
 
 
@@ -277,6 +285,86 @@ class ModelNet(Dataset):
         features = _features(table[:, 3:6], n=len(table)) if self.normals else _features(n=len(table))
         return {"points": torch.from_numpy(points.astype(np.float32)), "features": features, "label": label,
                 "id": shape_id}
+
+
+class ModelNetH5(Dataset):
+    """ModelNet40 in PointNet's HDF5 release (``modelnet40_ply_hdf5_2048/``; module docstring).
+
+    The clouds are read into memory on construction (the first ``num_points`` of each, 2,048 at most: about
+    100 MB for the train split at 1,024), as every loader of this release does. ``normalize`` is off by
+    default: the release is already centred and scaled into the unit sphere, and PointNet/DGCNN use it as
+    stored. ``normals``: the ``normal`` array as features (C = 3) when the files have one."""
+
+    def __init__(self, root: str | Path | None = None, split: str = "train", num_points: int | None = 1024,
+                 normals: bool = False, normalize: bool = False):
+        import h5py
+
+        if split not in ("train", "test"):
+            raise ValueError(f"ModelNetH5: split must be 'train' or 'test', got {split!r}")
+        if num_points is not None and not 1 <= num_points <= 2048:
+            raise ValueError(f"ModelNetH5: num_points must be in 1..2048 or None, got {num_points}")
+        self.root = _root(root, "modelnet_h5")
+        self.split, self.normalize = split, normalize
+        names_file = self.root / "shape_names.txt"
+        self.classes = [name for _, name in _text_lines(names_file, "list of class names")]
+        list_file = self.root / f"{split}_files.txt"
+        points, features, labels, self.ids = [], [], [], []
+        for number, entry in _text_lines(list_file, f"{split} file list"):
+            # Entries are paths relative to PointNet's repository (data/modelnet40_ply_hdf5_2048/...): the file
+            # is looked up by its name in this folder.
+            path = self.root / Path(entry).name
+            if not path.is_file():
+                raise FileNotFoundError(f"{list_file}: line {number}: {entry} has no file {path}")
+            try:
+                with h5py.File(path, "r") as f:
+                    missing = [key for key in ("data", "label") if key not in f]
+                    if missing:
+                        raise PointCloudLayoutError(f"{path}: no {' or '.join(map(repr, missing))} array (has "
+                                                    f"{', '.join(sorted(f.keys())) or 'nothing'}); expected 'data' "
+                                                    f"[shapes, points, 3] and 'label' [shapes, 1]")
+                    data = f["data"]
+                    if data.ndim != 3 or data.shape[2] != 3:
+                        raise PointCloudLayoutError(f"{path}: 'data' has shape {tuple(data.shape)}, expected "
+                                                    f"[shapes, points, 3]")
+                    if num_points is not None and data.shape[1] < num_points:
+                        raise PointCloudLayoutError(f"{path}: {data.shape[1]} points a shape, fewer than "
+                                                    f"num_points={num_points}")
+                    keep = data.shape[1] if num_points is None else num_points
+                    cloud = np.asarray(data[:, :keep], dtype=np.float32)
+                    label = np.asarray(f["label"]).reshape(-1).astype(np.int64)
+                    normal = None
+                    if normals:
+                        if "normal" not in f:
+                            raise PointCloudLayoutError(f"{path}: no 'normal' array for normals=True")
+                        normal = np.asarray(f["normal"][:, :keep], dtype=np.float32)
+            except OSError as err:  # h5py's error for a truncated or non-HDF5 file
+                raise PointCloudLayoutError(f"{path}: not a readable HDF5 file ({err})") from None
+            if len(label) != len(cloud):
+                raise PointCloudLayoutError(f"{path}: {len(label)} labels for {len(cloud)} shapes")
+            bad = (label < 0) | (label >= len(self.classes))
+            if bad.any():
+                raise PointCloudLayoutError(f"{path}: label {int(label[bad][0])} of shape {int(np.flatnonzero(bad)[0])}"
+                                            f" is not a class of {names_file.name} (0..{len(self.classes) - 1})")
+            points.append(cloud)
+            labels.append(label)
+            if normal is not None:
+                features.append(normal)
+            self.ids += [f"{path.stem}/{row}" for row in range(len(cloud))]
+        self.points = np.concatenate(points)
+        self.labels = np.concatenate(labels)
+        self.features = np.concatenate(features) if features else None
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, index: int) -> dict:
+        points = self.points[index]
+        if self.normalize:
+            points = normalize_unit_sphere(points)
+        features = (torch.from_numpy(self.features[index].copy()) if self.features is not None
+                    else _features(n=len(points)))
+        return {"points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)), "features": features,
+                "label": int(self.labels[index]), "id": self.ids[index]}
 
 
 def modelnet40(root=None, split: str = "train", **kwargs) -> ModelNet:
@@ -532,6 +620,12 @@ def modelnet(root=None, split: str = "train", num_classes: int = 40, num_points:
     if split == "val":
         return None
     return ModelNet(root, split, num_classes=num_classes, num_points=num_points, normals=normals, normalize=normalize)
+
+
+def modelnet_h5(root=None, split: str = "train", num_points: int | None = 1024, normals: bool = False,
+                normalize: bool = False) -> ModelNetH5 | None:
+    return None if split == "val" else ModelNetH5(root, split, num_points=num_points, normals=normals,
+                                                  normalize=normalize)
 
 
 def s3dis(root=None, split: str = "train", test_area: int = 5, grid_size: float | None = None) -> S3DIS | None:
