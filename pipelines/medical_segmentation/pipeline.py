@@ -8,7 +8,9 @@ processed grid (RAS, `pixdim` spacing, brain-mask crop, z-score inside the brain
 `mtp.datasets.medical_segmentation`); regions above `threshold` are painted into a class map (largest region
 first) and the chain's inverse puts it back on the original grid. Inference runs in sliding windows
 (`roi_size`, `overlap`, `blend`, `sw_batch_size`) whose stitching buffer follows `memory_budget_mib` (see
-`inference.sliding_window_predict`); `mirror_tta` averages mirrored windows.
+`inference.sliding_window_predict`); `mirror_tta` averages mirrored windows. `keep_largest_component` keeps
+the largest connected component of the whole foreground and clears the rest (a lesion is one body; scattered
+false positives far from it cost Dice and dominate HD95), on the processed grid before the inverse.
 
 Evaluation scores the class maps against the reference on the original grid: Dice and HD95 (mm) per region,
 with the empty-region policy of `metrics.region_scores`; `mtp run` writes the per-case rows to `cases.csv`.
@@ -42,6 +44,8 @@ class MedicalSegmentationOptions:
     #                                            float16 on the CPU, else refused before any forward
     mirror_tta: bool = False            # average the 8 mirrored copies of each window
     threshold: float = 0.5              # region probability -> mask
+    keep_largest_component: bool = False  # keep only the largest connected component of the foreground (all
+    #                                       regions together; 26-connectivity), as nnU-Net's post-processing can
     probabilities: bool = False         # also write the region probabilities (float32, X x Y x Z x regions)
     overlay: bool = False               # also write <case>_overlay.png (axial/coronal/sagittal through the tumour)
     empty_hd95: Any = "diagonal"        # HD95 when one side of a region is empty: diagonal | nan | a value in mm
@@ -204,6 +208,12 @@ class MedicalSegmentationPipeline(TaskPipeline):
         from mtp.pipelines.medical_segmentation.inference import restore_original_grid
 
         labels = regions_to_labels(output > self.config["threshold"], self.regions)
+        if self.config["keep_largest_component"] and labels.any():
+            from scipy import ndimage  # MONAI's KeepLargestConnectedComponent needs scikit-image for the same
+
+            components, _ = ndimage.label(labels.numpy() > 0, structure=np.ones((3, 3, 3), bool))
+            largest = np.bincount(components.ravel())[1:].argmax() + 1
+            labels[torch.from_numpy(components != largest)] = 0
         restored = restore_original_grid(labels, inputs["image"], inputs["reference"], transform=inputs["transform"],
                                          labels=True)
         voxel_ml = float(np.prod(nib.load(inputs["reference"]).header.get_zooms()[:3])) / 1000.0

@@ -219,3 +219,28 @@ def test_swinunetr_brats21_recipe_resolves_to_the_official_training():
     assert kwargs["patch_size"] == [128, 128, 128] and kwargs["sampling"] == "random"
     assert kwargs["intensity_channel_wise"] is False
 
+
+
+def test_keep_largest_component_clears_the_foreground_away_from_the_largest_lesion(dataset):
+    """Region probabilities with a large lesion (WT holding TC and ET) and a small detached WT blob: with
+    keep_largest_component only the large lesion, all its regions intact, reaches the mask on the original grid."""
+    results = {}
+    for keep in (False, True):
+        pipe = small_pipeline(keep_largest_component=keep)
+        item = pipe.load(dataset / "test" / "case2")
+        inputs = pipe.preprocess(item)
+        probs = torch.zeros((3,) + tuple(inputs["image"].shape[1:]))
+        probs[0, 4:14, 4:14, 4:12] = 1.0          # WT: the lesion
+        probs[1, 6:10, 6:10, 6:10] = 1.0          # TC inside it
+        probs[2, 7:9, 7:9, 7:9] = 1.0             # ET inside that
+        probs[0, -5:-2, -5:-2, -4:-1] = 1.0       # a detached false-positive blob
+        results[keep] = pipe.postprocess(probs, item, inputs)["labels"]
+    full, kept = (np.asarray(results[k]) for k in (False, True))
+    assert set(np.unique(kept)) == {0, 1, 2, 4}
+    # the blob is gone and nothing of the lesion is: exactly the blob's voxels differ
+    removed = (full > 0) & (kept == 0)
+    assert removed.sum() > 0 and ((kept > 0) == ((full > 0) & ~removed)).all()
+    assert (full[kept > 0] == kept[kept > 0]).all()
+    from scipy import ndimage
+    assert ndimage.label(full > 0, structure=np.ones((3, 3, 3)))[1] == 2
+    assert ndimage.label(kept > 0, structure=np.ones((3, 3, 3)))[1] == 1
