@@ -24,7 +24,11 @@ Layouts (``find_cases(root, layout="auto")`` picks one from what ``root`` holds)
   ``dataset.json`` with ``channel_names``, ``labels`` (a label may be a list: a region), ``file_ending``,
   ``numTraining``. Only NIfTI endings are read.
 Folders with ``train/``, ``val/`` and ``test/`` subfolders of cases give those splits; otherwise (and for the
-Decathlon and nnU-Net layouts) validation is a seeded part of the training cases (``val_fraction``, ``val_seed``).
+Decathlon and nnU-Net layouts) validation is a seeded part of the training cases (``val_fraction``, ``val_seed``),
+or, with ``fold=k``, fold k of nnU-Net's cross-validation: the folds of a ``splits_final.json`` (``splits_file``,
+by default the one beside ``dataset.json`` when there is one; nnU-Net writes it to its preprocessed folder) or,
+without one, the folds nnU-Net v2 itself generates (5-fold ``KFold``, shuffled with seed 12345, over the sorted
+case ids).
 
 Labels: ``regions`` maps region names to the label values they join, e.g. ``BRATS_REGIONS`` (whole tumour
 {1,2,3,4}, tumour core {1,3,4}, enhancing {4}); ``labels_to_regions`` turns a class map into one binary channel
@@ -207,7 +211,7 @@ def _brats_case(folder: Path, modalities: list[str], sep: str, label_suffix: str
 
 
 # ---------------------------------------------------------------------------------------------- dataset.json layouts
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
@@ -388,6 +392,53 @@ def split_cases(cases: list[dict], split: str, val_fraction: float = 0.2, val_se
     if not chosen:
         raise ValueError(f"the {split} part of {len(cases)} case(s) is empty (val_fraction={val_fraction})")
     return chosen
+
+
+NNUNET_FOLDS, NNUNET_SPLIT_SEED = 5, 12345
+
+
+def nnunet_folds(case_ids: Sequence[str]) -> list[dict]:
+    """nnU-Net v2's default cross-validation when no splits_final.json exists: sklearn's 5-fold KFold, shuffled
+    with seed 12345, over the sorted case ids; [{"train": [...], "val": [...]}] per fold."""
+    from sklearn.model_selection import KFold
+
+    ids = np.sort(np.asarray(list(case_ids)))
+    if len(ids) < NNUNET_FOLDS:
+        raise ValueError(f"{len(ids)} training case(s): nnU-Net's {NNUNET_FOLDS}-fold split needs at least "
+                         f"{NNUNET_FOLDS}")
+    folds = KFold(n_splits=NNUNET_FOLDS, shuffle=True, random_state=NNUNET_SPLIT_SEED).split(ids)
+    return [{"train": ids[train].tolist(), "val": ids[val].tolist()} for train, val in folds]
+
+
+def fold_cases(cases: list[dict], split: str, fold: int, splits_file: str | Path | None = None) -> list[dict]:
+    """The train or val part of fold ``fold``: from ``splits_file`` (nnU-Net's splits_final.json: a list of
+    {"train": ids, "val": ids}) when given, else nnU-Net's generated folds. Every id the fold names must be a
+    training case, and no case may be on both sides."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split {split!r}: expected train or val")
+    by_id = {c["id"]: c for c in cases}
+    if splits_file is None:
+        folds, source = nnunet_folds(by_id), f"nnU-Net's generated {NNUNET_FOLDS}-fold split"
+    else:
+        path = Path(splits_file)
+        folds = _read_json(path)
+        source = str(path)
+        if not isinstance(folds, list) or not all(isinstance(f, dict) and {"train", "val"} <= set(f) for f in folds):
+            raise MedicalImageError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}} folds "
+                                    f"(nnU-Net's splits_final.json)")
+    if not 0 <= fold < len(folds):
+        raise ValueError(f"fold {fold}: {source} has folds 0..{len(folds) - 1}")
+    chosen = folds[fold]
+    both = set(chosen["train"]) & set(chosen["val"])
+    if both:
+        raise MedicalImageError(f"{source}: fold {fold} puts case {sorted(both)[0]} in both train and val")
+    unknown = [i for i in chosen[split] if i not in by_id]
+    if unknown:
+        raise MedicalImageError(f"{source}: fold {fold} names case {unknown[0]!r}, which is not a training case "
+                                f"({len(unknown)} unknown)")
+    if not chosen[split]:
+        raise ValueError(f"{source}: the {split} part of fold {fold} is empty")
+    return [by_id[i] for i in chosen[split]]
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -706,14 +757,21 @@ class MedicalSegmentationDataset(Dataset):
 
 # ---------------------------------------------------------------------------------------------- registry entry points
 def medical_cases(root: str | Path | None = None, split: str = "train", layout: str = "auto",
-                  val_fraction: float = 0.2, val_seed: int = 0, **kwargs) -> list[dict]:
-    """The cases of one split: test from the layout's test part; train/val from a val/ folder when there is one,
-    else a seeded part of the training cases."""
+                  val_fraction: float = 0.2, val_seed: int = 0, fold: Optional[int] = None,
+                  splits_file: str | Path | None = None, **kwargs) -> list[dict]:
+    """The cases of one split: test from the layout's test part; train/val from fold ``fold`` when given (see
+    :func:`fold_cases`), else from a val/ folder when there is one, else a seeded part of the training cases."""
     if root is None:
         raise ValueError("medical segmentation: no root given (data.root)")
     if split == "test":
         return find_cases(root, "test", layout, **kwargs)
     path = resolve_data_path(root)
+    if fold is not None:
+        if splits_file is None and (_json_path(path).parent / "splits_final.json").is_file():
+            splits_file = _json_path(path).parent / "splits_final.json"
+        elif splits_file is not None:
+            splits_file = resolve_data_path(splits_file)
+        return fold_cases(find_cases(root, "train", layout, **kwargs), split, fold, splits_file)
     if path.is_dir() and _split_folder(path, "val") is not None and detect_layout(path) == "folders":
         return find_cases(root, split, layout, **kwargs)
     return split_cases(find_cases(root, "train", layout, **kwargs), split, val_fraction, val_seed)
@@ -723,20 +781,22 @@ def segmentation_dataset(root: str | Path | None = None, split: str = "train", l
                          modalities: Optional[Sequence[str]] = None, label_name: Optional[str] = None,
                          mask_name: Optional[str] = None, regions="brats2015", patch_size=(96, 96, 96),
                          pixdim=(1.0, 1.0, 1.0), num_samples: int = 1, pos: float = 1.0, neg: float = 1.0,
-                         val_fraction: float = 0.2, val_seed: int = 0, cache: bool = False,
+                         val_fraction: float = 0.2, val_seed: int = 0, fold: Optional[int] = None,
+                         splits_file: Optional[str] = None, cache: bool = False,
                          seed: Optional[int] = None, repeats: int = 1, sampling: str = "posneg",
                          intensity_channel_wise: bool = True) -> Optional[MedicalSegmentationDataset]:
     """A registered dataset: the split's cases through the training chain (train) or the evaluation chain (val,
     test). ``regions``: a convention name, a dict, None (class map) or 'nnunet' (from the dataset.json).
-    ``repeats``: passes over the training cases per epoch. ``val_fraction=0`` without a val/ folder: every
-    training case trains and the val split is None (no validation)."""
-    if split == "val" and val_fraction == 0:
+    ``repeats``: passes over the training cases per epoch. ``fold``: nnU-Net's cross-validation fold (module
+    docstring). ``val_fraction=0`` without a val/ folder or fold: every training case trains and the val split is
+    None (no validation)."""
+    if split == "val" and val_fraction == 0 and fold is None:
         path = resolve_data_path(root) if root is not None else None
         if path is None or not (path.is_dir() and _split_folder(path, "val") is not None):
             return None
     folder_kwargs = {k: v for k, v in dict(modalities=modalities, label_name=label_name, mask_name=mask_name).items()
                      if v is not None}
-    cases = medical_cases(root, split, layout, val_fraction, val_seed, **folder_kwargs)
+    cases = medical_cases(root, split, layout, val_fraction, val_seed, fold, splits_file, **folder_kwargs)
     if regions == "nnunet":
         _, regions = nnunet_label_convention(resolve_data_path(root))
         regions = regions or None

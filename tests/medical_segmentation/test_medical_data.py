@@ -166,6 +166,41 @@ def test_nnunet_errors_name_the_file(tmp_path):
         ms.find_cases(root)
 
 
+def test_nnunet_generated_folds_partition_the_sorted_cases():
+    ids = [f"case_{i:02d}" for i in (7, 3, 11, 0, 5, 9, 1, 2, 8, 4, 6, 10)]
+    folds = ms.nnunet_folds(ids)
+    assert len(folds) == 5 and folds == ms.nnunet_folds(sorted(ids))            # the input order does not matter
+    vals = [i for f in folds for i in f["val"]]
+    assert sorted(vals) == sorted(ids) and [len(f["val"]) for f in folds] == [3, 3, 2, 2, 2]
+    for f in folds:
+        assert sorted(f["train"] + f["val"]) == sorted(ids)
+    assert folds[0]["val"] != sorted(ids)[:3]                                    # shuffled (seed 12345), not blocks
+    with pytest.raises(ValueError, match="needs at least 5"):
+        ms.nnunet_folds(ids[:4])
+
+
+def test_fold_from_splits_final_json_beside_dataset_json(tmp_path):
+    root = nnunet(tmp_path)
+    (root / "splits_final.json").write_text(json.dumps([{"train": ["BraTS_000"], "val": ["BraTS_001"]},
+                                                        {"train": ["BraTS_001"], "val": ["BraTS_000"]}]))
+    assert [c["id"] for c in ms.medical_cases(root, "val", fold=0)] == ["BraTS_001"]
+    assert [c["id"] for c in ms.medical_cases(root, "train", fold=1)] == ["BraTS_001"]
+    ds = ms.segmentation_dataset(root, "val", regions="nnunet", pixdim=None, val_fraction=0, fold=1)
+    assert [c["id"] for c in ds.cases] == ["BraTS_000"]
+    with pytest.raises(ValueError, match="fold 2: .*splits_final.json has folds 0..1"):
+        ms.medical_cases(root, "train", fold=2)
+    other = tmp_path / "splits.json"
+    other.write_text(json.dumps([{"train": ["BraTS_000", "BraTS_007"], "val": ["BraTS_001"]}]))
+    with pytest.raises(ms.MedicalImageError, match="splits.json: fold 0 names case 'BraTS_007'"):
+        ms.medical_cases(root, "train", fold=0, splits_file=other)
+    other.write_text(json.dumps({"train": [], "val": []}))
+    with pytest.raises(ms.MedicalImageError, match="splits.json: expected a list"):
+        ms.medical_cases(root, "train", fold=0, splits_file=other)
+    (root / "splits_final.json").unlink()
+    with pytest.raises(ValueError, match="2 training case.*needs at least 5"):
+        ms.medical_cases(root, "train", fold=0)
+
+
 # ---------------------------------------------------------------------------------------------- labels
 def test_label_regions_conventions():
     label = torch.tensor([0, 1, 2, 3, 4]).reshape(1, 5, 1, 1)
