@@ -4,7 +4,9 @@ Dropout samples its CPU masks cheaply (mtp.kernels.dropout).
 CUDA runs Triton flash kernels (mtp.kernels.triton_attention, imported only there); CPU runs PyTorch SDPA.
 FLASH-style grouped quadratic + global linear attention (MossFormer2) lives in mtp.kernels.linear_attention.
 Point-cloud sampling and neighbourhoods (FPS, kNN, ball query, grid sampling) live in mtp.kernels.points, with
-Triton kernels for CUDA in mtp.kernels.triton_points.
+Triton kernels for CUDA in mtp.kernels.triton_points. Sparse voxel operations for ConDaFormer: the submanifold
+3D convolution (mtp.kernels.sparse_conv) and attention within variable-size sparse windows
+(mtp.kernels.sparse_window_attention).
 """
 from mtp.kernels.attention import attention, attention_reference
 from mtp.kernels.dropout import Dropout, dropout
@@ -37,6 +39,8 @@ from mtp.kernels.window import (
     window_attention_reference,
     window_region_ids,
 )
+from mtp.kernels.sparse_conv import submanifold_conv3d, submanifold_conv3d_reference, submanifold_neighbours
+from mtp.kernels.sparse_window_attention import sparse_window_attention, sparse_window_attention_reference
 
 __all__ = [
     "Dropout",
@@ -67,4 +71,9 @@ __all__ = [
     "window_attention",
     "window_attention_reference",
     "window_region_ids",
+    "sparse_window_attention",
+    "sparse_window_attention_reference",
+    "submanifold_conv3d",
+    "submanifold_conv3d_reference",
+    "submanifold_neighbours",
 ]
