@@ -189,6 +189,17 @@ BACKBONES.register("pointnet2_cls_msg", "mtp.backbones.pointnet2:PointNet2ClsMSG
                    tasks=_PC_CLS, family="pointnet2", weights_key="model_state_dict",
                    description="PointNet++ MSG classification (Qi et al. 2017, 1.7M params), ModelNet40 config; "
                                "yanx27's names")
+# GPSFormer (Wang et al., ECCV 2024) from the paper alone: no official code, configuration or weights exist, so the
+# names and the details the paper leaves open are ours (backbones/gpsformer.py lists them).
+BACKBONES.register("gpsformer_cls", "mtp.backbones.gpsformer:GPSFormerCls", dict(num_classes=40, in_channels=0),
+                   tasks=_PC_CLS, family="gpsformer",
+                   description="GPSFormer classification (1.64M params here, 2.36M published); a paper-only "
+                               "re-implementation: no official code or weights")
+BACKBONES.register("gpsformer_elite_cls", "mtp.backbones.gpsformer:GPSFormerCls",
+                   dict(num_classes=40, in_channels=0, embed_dim=32, widths=(32, 64, 128)), tasks=_PC_CLS,
+                   family="gpsformer",
+                   description="GPSFormer-elite classification (0.59M params here, 0.68M published; every width "
+                               "halved: our reading); a paper-only re-implementation")
 BACKBONES.register("pointnet2_semseg_ssg", "mtp.backbones.pointnet2:PointNet2SemSegSSG",
                    dict(num_classes=13, in_channels=6), tasks=_PC_SEG, family="pointnet2",
                    weights_key="model_state_dict",
