@@ -5,12 +5,12 @@ probabilities on request).
 
 The model predicts one sigmoid channel per region (`regions`, e.g. BraTS WT/TC/ET, which overlap) on the
 processed grid (RAS, `pixdim` spacing, brain-mask crop, z-score inside the brain: the evaluation chain of
-`mtp.datasets.medical_segmentation`); regions above `threshold` are painted into a class map (largest region
-first) and the chain's inverse puts it back on the original grid. Inference runs in sliding windows
-(`roi_size`, `overlap`, `blend`, `sw_batch_size`) whose stitching buffer follows `memory_budget_mib` (see
-`inference.sliding_window_predict`); `mirror_tta` averages mirrored windows. `keep_largest_component` keeps
-the largest connected component of the whole foreground and clears the rest (a lesion is one body; scattered
-false positives far from it cost Dice and dominate HD95), on the processed grid before the inverse.
+`mtp.datasets.medical_segmentation`). The chain's inverse puts the probabilities back on the original grid
+(linear interpolation), where regions above `threshold` are painted into a class map (largest region first).
+Inference runs in sliding windows (`roi_size`, `overlap`, `blend`, `sw_batch_size`) whose stitching buffer
+follows `memory_budget_mib` (see `inference.sliding_window_predict`); `mirror_tta` averages mirrored windows.
+`keep_largest_component` keeps the largest connected component of the whole foreground and clears the rest (a
+lesion is one body; scattered false positives far from it cost Dice and dominate HD95).
 
 Evaluation scores the class maps against the reference on the original grid: Dice and HD95 (mm) per region,
 with the empty-region policy of `metrics.region_scores`; `mtp run` writes the per-case rows to `cases.csv`.
@@ -207,22 +207,25 @@ class MedicalSegmentationPipeline(TaskPipeline):
         from mtp.datasets.medical_segmentation import regions_to_labels
         from mtp.pipelines.medical_segmentation.inference import restore_original_grid
 
-        labels = regions_to_labels(output > self.config["threshold"], self.regions)
+        # Probabilities go back to the original grid (linear interpolation) and are thresholded there, as nnU-Net
+        # resamples its softmax: thresholding first and resampling labels (nearest) would leave blocky edges
+        # whenever `pixdim` differs from the input's spacing. Costs one float32 copy per region on that grid.
+        probabilities = restore_original_grid(output.float(), inputs["image"], inputs["reference"],
+                                              transform=inputs["transform"], labels=False)
+        labels = regions_to_labels(torch.from_numpy(probabilities > self.config["threshold"]), self.regions)
         if self.config["keep_largest_component"] and labels.any():
             from scipy import ndimage  # MONAI's KeepLargestConnectedComponent needs scikit-image for the same
 
             components, _ = ndimage.label(labels.numpy() > 0, structure=np.ones((3, 3, 3), bool))
             largest = np.bincount(components.ravel())[1:].argmax() + 1
             labels[torch.from_numpy(components != largest)] = 0
-        restored = restore_original_grid(labels, inputs["image"], inputs["reference"], transform=inputs["transform"],
-                                         labels=True)
+        restored = labels.numpy()
         voxel_ml = float(np.prod(nib.load(inputs["reference"]).header.get_zooms()[:3])) / 1000.0
         counts = [int(np.isin(restored, values).sum()) for values in self.regions.values()]
         result = {"name": item["name"], "id": inputs["id"], "labels": restored, "reference": inputs["reference"],
                   "volumes_ml": {name: round(c * voxel_ml, 3) for name, c in zip(self.regions, counts)}}
         if self.config["probabilities"]:
-            result["probabilities"] = restore_original_grid(output.float(), inputs["image"], inputs["reference"],
-                                                            transform=inputs["transform"], labels=False)
+            result["probabilities"] = probabilities.astype(np.float32, copy=False)
         return result
 
     def output_paths(self, relative: Path) -> list[Path]:
