@@ -218,3 +218,23 @@ BACKBONES.register("pointnet2_partseg_msg", "mtp.backbones.pointnet2:PointNet2Pa
                    dict(num_classes=50, num_categories=16, in_channels=0), tasks=_PC_SEG, family="pointnet2",
                    weights_key="model_state_dict",
                    description="PointNet++ MSG part segmentation, ShapeNetPart config; yanx27's names")
+# ConDaFormer (Duan et al. 2023) with LHDuan/ConDaFormer's state-dict names (checkpoints nest them under "state_dict"
+# with DDP's "module." prefix). Input: the official data dict (coord, discrete_coord, feat, offset[, inverse, length]),
+# which the segmentation pipeline builds from a cloud (input_format "voxel_dict"; S3DIS features coord + rgb only).
+_CONDAFORMER_SCANNET = dict(in_channels=9, voxel_size=0.02, quant_size=0.25, base_channels=48, head_dim=16,
+                            drop_path_rate=0.3, channels=(96, 192, 384, 384, 384, 192, 96, 48),
+                            layers=(2, 2, 6, 2, 0, 0, 0, 0))
+BACKBONES.register("condaformer_s3dis", "mtp.backbones.condaformer:ConDaFormerSmall",
+                   dict(in_channels=6, out_channels=13, voxel_size=0.04, window_size=8, quant_size=0.25,
+                        base_channels=48, head_dim=16, drop_path_rate=0.5, channels=(96, 192, 384, 192, 96, 48),
+                        layers=(2, 6, 2, 0, 0, 0)),
+                   tasks=_PC_SEG, family="condaformer", weights_key="state_dict",
+                   description="ConDaFormer-small (Duan et al. 2023, 8.4M params), S3DIS config; LHDuan's names")
+BACKBONES.register("condaformer_scannet", "mtp.backbones.condaformer:ConDaFormer",
+                   dict(_CONDAFORMER_SCANNET, out_channels=20, window_size=10),
+                   tasks=_PC_SEG, family="condaformer", weights_key="state_dict",
+                   description="ConDaFormer (Duan et al. 2023, 19.8M params), ScanNet v2 config; LHDuan's names")
+BACKBONES.register("condaformer_scannet200", "mtp.backbones.condaformer:ConDaFormer",
+                   dict(_CONDAFORMER_SCANNET, out_channels=200, window_size=8),
+                   tasks=_PC_SEG, family="condaformer", weights_key="state_dict",
+                   description="ConDaFormer (Duan et al. 2023, 19.6M params), ScanNet200 config; LHDuan's names")

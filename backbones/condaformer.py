@@ -37,6 +37,8 @@ Deviations from the official code
   spconv's 1x1x1 SubMConv3d computes features @ W.reshape(C_in, C_out) on the stored [C_out, 1, 1, 1, C_in]
   weight (a reshape, not a transpose; spconv issue #450) and is reproduced as such, because the official
   weights were trained through it; the depthwise convs are the patched conv.py's identity-masked dense ones.
+- Under autocast (AMP training) the 3x3x3 submanifold convolutions run in float32; spconv casts their inputs to
+  float16 (custom_fwd(cast_inputs=torch.float16)).
 - BasicBlock has only the identity shortcut: the official one is only built with equal in/out channels
   (base -> base in the stem), so its 1x1 projection branch never exists in a checkpoint.
 - A cloud with fewer than 3 coarse points interpolates from the points it has (pointops pads the missing
@@ -93,6 +95,11 @@ class SubMConv3d(nn.Module):
         if self.kernel_size == 1:
             # spconv's 1x1 path reads the stored weight as [C_in, C_out] (see the module docstring)
             return x @ self.weight.reshape(x.shape[1], -1)
+        if torch.is_autocast_enabled(x.device.type):
+            # under AMP the kernel's per-tap products would be half and its accumulator float: run it in float32
+            with torch.autocast(x.device.type, enabled=False):
+                return submanifold_conv3d(x.float(), voxels.coords, self.weight.float(), groups=self.groups,
+                                          neighbours=voxels.neighbours(self.kernel_size))
         return submanifold_conv3d(x, voxels.coords, self.weight, groups=self.groups,
                                   neighbours=voxels.neighbours(self.kernel_size))
 
@@ -288,6 +295,9 @@ class ConDaFormer(nn.Module):
     official class defaults; the released ScanNet config is channels (96, 192, 384, 384, 384, 192, 96, 48),
     layers (2, 2, 6, 2, 0, 0, 0, 0), voxel_size 0.02, window_size 10.
     """
+
+    # tells the point-cloud pipeline to voxelise clouds into the official data dict (not [B, N, 3] crops)
+    input_format = "voxel_dict"
 
     def __init__(self, in_channels: int, out_channels: int, voxel_size: float = 0.04, window_size: float = 4,
                  quant_size: float = 0.25, base_channels: int = 48, head_dim: int = 16,

@@ -17,6 +17,12 @@ with every field it had plus an int32 ``pred`` label per point, and ``<stem>.png
 - Model input per crop: xyz minus the crop's centroid; features by the model's in_channels: 0 none, 3 colours
   r g b / 255, 6 colours + xyz / max(xyz) of the cloud (yanx27's S3DIS channels); a cloud without colours gets
   0.5 grey.
+- Voxel-dict models (a backbone with ``input_format = "voxel_dict"``, ConDaFormer): the valid points are
+  voxelised at the model's ``voxel_size`` as Pointcept's S3DIS val transforms do (`voxelize`, `voxel_dict`:
+  Voxelize -> PositiveShift -> colours 0-1 -> feat = coord + colour), the whole cloud runs in one forward (the
+  official val protocol: no crops, `grid_size`/`overlap`/`crop_batch` unused) and every valid point takes its
+  voxel's logits through the inverse map. Training items are `VoxelCrops`. Votes rotate the cloud about z and
+  voxelise it again.
 - Test-time voting (`votes` > 0): the crops run again `votes` times with a seeded random rotation about z (and
   a 0.5 * grid_size Gaussian jitter), logits averaged with the plain pass. The single-pass and voted results are
   always reported separately: ``pred`` (the file, voted when votes > 0), ``pred_single`` in the result dict,
@@ -36,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -125,7 +131,9 @@ class _PointCloudPipeline(TaskPipeline):
 
     @property
     def num_classes(self) -> int:
-        return int(self.model_kwargs.get("num_classes") or getattr(self.model, "num_classes"))
+        # Pointcept-style backbones (ConDaFormer) call it out_channels
+        return int(self.model_kwargs.get("num_classes") or self.model_kwargs.get("out_channels")
+                   or getattr(self.model, "num_classes"))
 
     @property
     def in_channels(self) -> int:
@@ -232,6 +240,60 @@ def sphere_crops(xyz: torch.Tensor, max_points: int, overlap: float = 2.0) -> li
     return [c.long() for c in crops]
 
 
+VOXEL_DICT = "voxel_dict"   # a backbone's `input_format` when it takes Pointcept's data dict (ConDaFormer)
+
+
+def voxelize(xyz: torch.Tensor, voxel_size: float, mode: str = "first", generator: torch.Generator | None = None):
+    """One cloud xyz [N, 3] (finite) in voxels as Pointcept's Voxelize builds them, by mtp.kernels.grid_sample.
+
+    Returns grid_sample's GridSample: index [V] (the kept point of each voxel), inverse [N] (each point's voxel),
+    grid_coord [V, 3] = Voxelize's discrete_coord, counts [V].
+    The grid is Voxelize's: floor(xyz / voxel_size) in float64 (numpy's float32 / float64 division), anchored at
+    the origin, minus its per-axis min. grid_sample anchors its grid at the cloud's min instead, so it is given
+    those integer coordinates with grid size 1: its voxels, grid_coord and inverse are then exactly Voxelize's.
+    Differences from Voxelize(hash_type="fnv"):
+    - voxel order: ascending (x, y, z), not ascending FNV hash (the model's output per point does not depend on
+      the order beyond float rounding; inverse follows the order used);
+    - mode "first" stands in for mode 'val': each voxel keeps its first point in input order, where 'val' keeps
+      the first in numpy's unstable argsort of the hashes (which point that is, in a voxel of several, depends
+      on the numpy build; the representative sets the voxel's coord and colour);
+    - mode "random" is mode 'train' (a uniform member per voxel), drawn from a torch generator;
+    - no mode 'test' (fragments taking the i-th point of every voxel).
+    On the ConDaFormer fixture's two clouds: the same 3,120 voxels, discrete coords and inverse as Voxelize 'val';
+    2,349 kept points agree (all 1,761 one-point voxels, and 588 of the 1,359 voxels of several points).
+    """
+    from mtp.kernels import grid_sample
+
+    return grid_sample(torch.floor(xyz.double() / voxel_size), 1.0, mode=mode, generator=generator)
+
+
+def voxel_dict(clouds: list[dict]) -> dict:
+    """Pointcept's collated data dict from voxelised clouds, as the S3DIS val transforms and collate_fn build it.
+
+    Each cloud: ``coord`` [V, 3] (its voxels' kept points, metres), ``grid_coord`` [V, 3] (voxelize's),
+    ``rgb`` [V, 3] in [0, 1] or None (0.5 grey), optionally ``inverse`` [R] (each raw point's voxel) and
+    ``labels`` [V]. Out: coord after PositiveShift (minus its per-cloud min), discrete_coord, feat = coord + rgb
+    (float32, in_channels 6), offset (cumulative voxel counts), and when given inverse (cloud-local, as
+    collate_fn leaves it) with length (raw points per cloud), labels.
+    """
+    coords, feats = [], []
+    for cloud in clouds:
+        coord = cloud["coord"].float()
+        coord = coord - coord.min(0).values
+        rgb = cloud.get("rgb")
+        rgb = torch.full_like(coord, 0.5) if rgb is None else torch.as_tensor(rgb, dtype=torch.float32)
+        coords.append(coord)
+        feats.append(torch.cat([coord, rgb], 1))
+    out = {"coord": torch.cat(coords), "discrete_coord": torch.cat([c["grid_coord"].long() for c in clouds]),
+           "feat": torch.cat(feats), "offset": torch.tensor([len(c) for c in coords]).cumsum(0)}
+    if all("inverse" in c for c in clouds):
+        out["inverse"] = torch.cat([c["inverse"].long() for c in clouds])
+        out["length"] = torch.tensor([len(c["inverse"]) for c in clouds])
+    if all("labels" in c for c in clouds):
+        out["labels"] = torch.cat([torch.as_tensor(c["labels"]).long() for c in clouds])
+    return out
+
+
 class PointCloudSegmentationPipeline(_PointCloudPipeline):
     task = "point_cloud_segmentation"
     default_backbone = "pointnet2_semseg_ssg"
@@ -242,7 +304,8 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
     # ------------------------------------------------------------------ core inference
     def segment(self, points: np.ndarray, rgb: np.ndarray | None = None) -> dict:
         """points float [N, 3] (NaN allowed), rgb [N, 3] in [0, 1] or None -> {pred [N] (voted when votes > 0),
-        pred_single [N], logits [V, C] of the sampled points, fragments, sampled_points, ...}."""
+        pred_single [N], logits [V, C] of the sampled points (voxel-dict models: [N_valid, C] of the valid points),
+        fragments, sampled_points, ...}."""
         from mtp.kernels import grid_sample
 
         points = np.asarray(points, dtype=np.float32)
@@ -254,6 +317,8 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
         if not valid.any():
             return {"pred": pred, "pred_single": pred.copy(), **stats}
         xyz = torch.from_numpy(points[valid])
+        if self.voxel_input:
+            return self._segment_voxels(xyz, rgb, valid, pred, stats)
         sample = grid_sample(xyz, self.config["grid_size"], mode="center")
         sampled = xyz[sample.index]
         colours = None if rgb is None else np.asarray(rgb, dtype=np.float32)[valid][sample.index.numpy()]
@@ -276,6 +341,49 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
         voted = total / (1 + self.config["votes"])
         pred[valid] = voted.argmax(1)[sample.inverse].numpy()
         return {"pred": pred, "pred_single": pred_single, "logits": voted, **stats}
+
+    @property
+    def voxel_input(self) -> bool:
+        """The model takes Pointcept's voxel data dict (module docstring) instead of [B, N, 3] crops."""
+        return getattr(self.model, "input_format", None) == VOXEL_DICT
+
+    def _check_voxel_channels(self) -> None:
+        if self.in_channels != 6:
+            raise OptionError(f"a voxel-dict model with in_channels={self.in_channels}: this pipeline builds the "
+                              f"S3DIS features coord + rgb (6 channels) only")
+
+    def _segment_voxels(self, xyz, rgb, valid, pred, stats) -> dict:
+        """segment() for voxel-dict models: logits [N_valid, C] of every valid point (not per sampled point)."""
+        self._check_voxel_channels()
+        colours = None if rgb is None else torch.from_numpy(np.asarray(rgb, dtype=np.float32)[valid])
+        single, voxels = self._voxel_logits(xyz, colours)
+        pred_single = pred.copy()
+        pred_single[valid] = single.argmax(1).numpy()
+        total = single.clone()
+        generator = torch.Generator().manual_seed(self.config["seed"])
+        for _ in range(self.config["votes"]):
+            angle = float(torch.rand((), generator=generator)) * 2 * math.pi
+            total += self._voxel_logits(xyz, colours, angle)[0]
+        voted = total / (1 + self.config["votes"])
+        pred[valid] = voted.argmax(1).numpy()
+        stats.update(sampled_points=voxels, fragments=1, max_fragment_points=voxels, covered=True)
+        return {"pred": pred, "pred_single": pred_single, "logits": voted, **stats}
+
+    def _voxel_logits(self, xyz, colours, angle: float | None = None) -> tuple[torch.Tensor, int]:
+        """(logits [N, C] of the points xyz [N, 3], voxel count): voxelised at the model's voxel_size (rotated by
+        `angle` about z around the centroid first, a vote), one forward, gathered through the inverse."""
+        if angle is not None:
+            cos, sin = math.cos(angle), math.sin(angle)
+            centre = xyz.mean(0)
+            xyz = (xyz - centre) @ torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]]).T + centre
+        sample = voxelize(xyz, self.model.voxel_size)
+        data = voxel_dict([{"coord": xyz[sample.index], "grid_coord": sample.grid_coord,
+                            "rgb": None if colours is None else colours[sample.index], "inverse": sample.inverse}])
+        return self.model(self._on_device(data)).float().cpu(), len(sample.index)
+
+    def _on_device(self, data: dict) -> dict:
+        device = self._device()
+        return {k: v.to(device, self.dtype) if v.is_floating_point() else v.to(device) for k, v in data.items()}
 
     def _crop_logits(self, sampled, colours, crops, extent, rotation) -> torch.Tensor:
         c = self.num_classes
@@ -361,7 +469,12 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
     def datasets(self, recipe) -> dict:
         splits = super().datasets(recipe)
         for split in ("train", "val"):
-            if splits.get(split) is not None:
+            if splits.get(split) is not None and self.voxel_input:
+                self._check_voxel_channels()
+                splits[split] = VoxelCrops(splits[split], self.model.voxel_size, self.config["max_points"],
+                                           self.config["crops_per_scene"], self.config["seed"],
+                                           augment=self.config["augment"] and split == "train")
+            elif splits.get(split) is not None:
                 splits[split] = SegmentationCrops(splits[split], self.config["grid_size"], self.config["max_points"],
                                                   self.config["crops_per_scene"], self.config["seed"],
                                                   augment=self.config["augment"] and split == "train",
@@ -370,9 +483,13 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
 
     def _loss_and_logits(self, batch):
         device = self._device()
-        xyz, labels = batch["points"].to(device), batch["labels"].to(device)
-        feats = batch["features"].to(device) if self.in_channels else None
-        logits = self.model(xyz, feats)
+        if "offset" in batch:  # a VoxelCrops batch: the model's data dict, logits and labels per voxel
+            labels = batch["labels"].to(device)
+            logits = self.model(self._on_device({k: v for k, v in batch.items() if k != "labels"}))
+        else:
+            xyz, labels = batch["points"].to(device), batch["labels"].to(device)
+            feats = batch["features"].to(device) if self.in_channels else None
+            logits = self.model(xyz, feats)
         valid = labels != self.config["ignore_index"]
         if not bool(valid.any()):
             return logits.sum() * 0.0, logits, labels
@@ -498,6 +615,68 @@ class SegmentationCrops(torch.utils.data.Dataset):
         return {key: torch.stack([b[key] for b in batch]) for key in batch[0]}
 
 
+class VoxelCrops(torch.utils.data.Dataset):
+    """Training items of voxel-dict models, after the official S3DIS train transforms as far as this pipeline's
+    options go: invalid points dropped; per item, the scene augmented (`augment`: the pipeline's rotation about z
+    about the centroid, scale in [0.9, 1.1], Gaussian jitter 0.25 * voxel_size), voxelised with a random point per
+    voxel (Voxelize 'train'), the `points` voxels nearest a random voxel kept (SphereCrop 'random', point_max =
+    points), then PositiveShift and feat = coord + colour (voxel_dict). Labels are the kept points'. Draws are
+    seeded by (seed, epoch, index): an epoch is reproducible. Items: coord, grid_coord, rgb, labels (per voxel)."""
+
+    def __init__(self, scenes, voxel_size: float, points: int, crops_per_scene: int, seed: int = 0,
+                 augment: bool = True):
+        self.scenes, self.voxel_size, self.points = scenes, voxel_size, points
+        self.crops_per_scene, self.seed, self.augment = crops_per_scene, seed, augment
+        self.epoch = 0
+        self._cache: dict[int, tuple] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.scenes) * self.crops_per_scene
+
+    def _scene(self, index: int):
+        if index not in self._cache:
+            item = self.scenes[index]
+            points = torch.as_tensor(item["points"]).float()
+            valid = torch.isfinite(points).all(1)
+            if "valid" in item:
+                valid &= torch.as_tensor(item["valid"]).bool()
+            if not bool(valid.any()):
+                raise InputError(f"scene {item.get('id', index)}: no valid point")
+            feats = torch.as_tensor(item["features"]).float()[valid]
+            rgb = feats[:, :3] if feats.shape[1] >= 3 else None
+            self._cache[index] = (points[valid], rgb, torch.as_tensor(item["labels"]).long()[valid])
+        return self._cache[index]
+
+    def __getitem__(self, index: int) -> dict:
+        xyz, rgb, labels = self._scene(index // self.crops_per_scene)
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        if self.augment:
+            angle = rng.uniform(0, 2 * np.pi)
+            cos, sin = np.cos(angle), np.sin(angle)
+            rot = torch.tensor([[cos, -sin, 0], [sin, cos, 0], [0, 0, 1]], dtype=torch.float32)
+            centre = xyz.mean(0)
+            xyz = (xyz - centre) @ rot.T * float(rng.uniform(0.9, 1.1)) + centre
+            xyz = xyz + torch.from_numpy(rng.normal(0, 0.25 * self.voxel_size, xyz.shape).astype(np.float32))
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        sample = voxelize(xyz, self.voxel_size, mode="random", generator=generator)
+        keep = sample.index
+        if len(keep) > self.points:
+            coord = xyz[keep]
+            d = ((coord - coord[int(rng.integers(len(keep)))]) ** 2).sum(1)
+            chosen = torch.topk(d, self.points, largest=False).indices.sort().values
+        else:
+            chosen = torch.arange(len(keep))
+        return {"coord": xyz[keep[chosen]], "grid_coord": sample.grid_coord[chosen],
+                "rgb": None if rgb is None else rgb[keep[chosen]], "labels": labels[keep[chosen]]}
+
+    @staticmethod
+    def collate(batch):
+        return voxel_dict(batch)
+
+
 def render_labels(points: np.ndarray, labels: np.ndarray, path: Path, class_names: list[str], title: str = "",
                   overwrite: bool = False, max_points: int = 60000) -> Path:
     """A PNG of the valid points coloured by label: front view (x, -y: a Kinect camera's image) and top view
@@ -539,7 +718,12 @@ class ClassificationOptions:
     sampling: str = "fps"            # fps (farthest point sampling from index 0) | first (the first N valid points)
     class_names: Optional[list] = None  # None: ModelNet40/10 names for 40/10 classes, else class_<i>
     top_k: int = 5                   # classes listed in the JSON's "top"
-    augment: bool = True             # training: random scale 0.8-1.25 and shift +-0.1 (yanx27's ModelNet aug)
+    augment: bool = True             # training only; the defaults are yanx27's ModelNet augmentation
+    augment_dropout: float = 0.875   # a per-cloud ratio in [0, this) of points replaced by the first one; 0 off
+    augment_scale: list[float] = field(default_factory=lambda: [0.8, 1.25])  # uniform scale range
+    augment_anisotropic: bool = False  # one scale per axis (PointMLP) instead of one per cloud (yanx27)
+    augment_shift: float = 0.1       # uniform shift in [-this, this] per axis
+    augment_shuffle: bool = False    # a random point order per cloud (PointMLP; FPS then starts elsewhere)
     label_smoothing: float = 0.0
 
     def validate(self):
@@ -547,6 +731,10 @@ class ClassificationOptions:
             raise ValueError(f"num_points={self.num_points}: expected >= 1")
         if self.sampling not in ("fps", "first"):
             raise ValueError(f"sampling={self.sampling!r}: expected fps or first")
+        if not 0 <= self.augment_dropout < 1 or self.augment_shift < 0:
+            raise ValueError("augment_dropout must be in [0, 1) and augment_shift >= 0")
+        if len(self.augment_scale) != 2 or not 0 < self.augment_scale[0] <= self.augment_scale[1]:
+            raise ValueError(f"augment_scale={self.augment_scale}: expected [low, high] with 0 < low <= high")
 
 
 class PointCloudClassificationPipeline(_PointCloudPipeline):
@@ -629,13 +817,31 @@ class PointCloudClassificationPipeline(_PointCloudPipeline):
         feats = batch["features"].to(device) if self.in_channels else None
         return xyz, feats, batch["label"].to(device)
 
+    def augment_shapes(self, xyz: torch.Tensor, feats: torch.Tensor | None):
+        """A training batch (xyz [B, N, 3], features [B, N, C] or None) augmented in the order of yanx27's
+        train_classification.py (provider.py): point dropout (features too), scale, shift on xyz only; then the
+        optional point shuffle. Draws from the global torch RNG, which the engine reseeds from (seed, epoch)."""
+        c = self.config
+        b, n, _ = xyz.shape
+        device = xyz.device
+        if c["augment_dropout"] > 0:
+            ratio = torch.rand(b, 1, device=device) * c["augment_dropout"]
+            drop = (torch.rand(b, n, device=device) <= ratio)[..., None]
+            xyz = torch.where(drop, xyz[:, :1], xyz)
+            feats = None if feats is None else torch.where(drop, feats[:, :1], feats)
+        scale = torch.empty(b, 1, 3 if c["augment_anisotropic"] else 1, device=device).uniform_(*c["augment_scale"])
+        shift = torch.empty(b, 1, 3, device=device).uniform_(-c["augment_shift"], c["augment_shift"])
+        xyz = xyz * scale + shift
+        if c["augment_shuffle"]:
+            order = torch.rand(b, n, device=device).argsort(1)[..., None]
+            xyz = xyz.gather(1, order.expand(-1, -1, 3))
+            feats = None if feats is None else feats.gather(1, order.expand(-1, -1, feats.shape[-1]))
+        return xyz, feats
+
     def training_loss(self, batch):
         xyz, feats, label = self._batch(batch)
         if self.config["augment"]:
-            b = xyz.shape[0]
-            scale = torch.empty(b, 1, 3, device=xyz.device).uniform_(0.8, 1.25)
-            shift = torch.empty(b, 1, 3, device=xyz.device).uniform_(-0.1, 0.1)
-            xyz = xyz * scale + shift
+            xyz, feats = self.augment_shapes(xyz, feats)
         return torch.nn.functional.cross_entropy(self.model(xyz, feats), label,
                                                  label_smoothing=self.config["label_smoothing"])
 
