@@ -188,7 +188,7 @@ class SpeechSeparationPipeline(TaskPipeline):
         from mtp.pipelines.speech_separation.metrics import pit_metric, si_snr
 
         mixture, sources, lengths = self._padded_batch(batch)
-        estimates = self.model(mixture)
+        estimates = self.model(mixture).float()  # SI-SNR in float32 also under bf16/fp16 autocast
         losses = [-pit_metric(estimates[i:i + 1, :, :n], sources[i:i + 1, :, :n], si_snr)[0]
                   for i, n in enumerate(lengths.tolist())]
         return torch.stack(losses).mean()
@@ -197,7 +197,7 @@ class SpeechSeparationPipeline(TaskPipeline):
         from mtp.pipelines.speech_separation.metrics import pit_metric, si_snr
 
         mixture, sources, lengths = self._padded_batch(batch)
-        estimates = self.model(mixture)
+        estimates = self.model(mixture).float()
         gains, losses = [], []
         for i, n in enumerate(lengths.tolist()):
             best = pit_metric(estimates[i:i + 1, :, :n], sources[i:i + 1, :, :n], si_snr)[0]

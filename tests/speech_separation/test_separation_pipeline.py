@@ -202,3 +202,19 @@ def test_segments_per_forward_default_to_one_on_the_cpu():
     with pytest.raises(Exception, match="batch_segments=0"):
         SpeechSeparationPipeline(backbone="conv_tasnet", backbone_kwargs=SMALL_TASNET, pretrained=False,
                                  device="cpu", batch_segments=0)
+
+
+def test_the_loss_is_computed_in_float32_under_bf16_autocast():
+    """bf16 autocast (train.precision: bf16-mixed) runs the network in bfloat16; the SI-SNR loss and validation
+    metrics must still be float32 and close to the float32 figures (bf16's 8-bit mantissa would blur them)."""
+    torch.manual_seed(0)
+    pipe = SpeechSeparationPipeline(backbone="conv_tasnet", backbone_kwargs=SMALL_TASNET, pretrained=False,
+                                    device="cpu", sample_rate=8000)
+    sources = torch.stack([two_sources(4000, seed=s) for s in range(2)]).float()
+    batch = {"mixture": sources.sum(1), "sources": sources, "lengths": torch.tensor([4000, 3000])}
+    reference = pipe.training_loss(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = pipe.training_loss(batch)
+        metrics = pipe.validation_metrics(batch)
+    assert loss.dtype == torch.float32 and metrics["val_si_snri"].dtype == torch.float32
+    assert abs(float(loss) - float(reference)) < 0.05 * abs(float(reference)) + 0.05
