@@ -238,3 +238,10 @@ BACKBONES.register("condaformer_scannet200", "mtp.backbones.condaformer:ConDaFor
                    dict(_CONDAFORMER_SCANNET, out_channels=200, window_size=8),
                    tasks=_PC_SEG, family="condaformer", weights_key="state_dict",
                    description="ConDaFormer (Duan et al. 2023, 19.6M params), ScanNet200 config; LHDuan's names")
+# Range-image U-Net for organised clouds ([B, C, H, W] per-pixel features -> [B, out, H, W] logits), trained from
+# scratch for mOSD instances by benchmarks/mosd_instances.py (pipelines/point_cloud/range_instances.py: 11 inputs;
+# table, object and boundary logits).
+BACKBONES.register("range_unet", "mtp.backbones.range_unet:RangeUNet",
+                   dict(in_channels=11, out_channels=3, widths=(16, 32, 64, 128)), tasks=_PC_SEG, size_multiple=8,
+                   description="2D U-Net over an organised cloud's pixel grid (0.48M params), range-image "
+                               "segmentation as SqueezeSeg / RangeNet++; no released weights")
