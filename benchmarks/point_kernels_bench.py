@@ -11,6 +11,10 @@ the parent from each child's digest). Every measurement runs in a fresh subproce
 rise of the process's maximum resident set over the first call; on CUDA it is torch.cuda.max_memory_allocated
 above the inputs.
 
+Implementations: "reference" (plain torch), "dispatch" (ours), "open3d" (open3d's own equivalents, see
+_build_open3d). Outputs compared: FPS the chosen set of points (open3d returns them in index order, not in
+the order chosen), kNN the neighbour indices, ball query the (index, count) pair.
+
 Clouds are B=1, uniform in the unit cube. Queries of knn/ball_query are the cloud's first M points (the
 usual centres-after-FPS setting, M = 1024). The references build a full [M, N, 3] difference table (knn: about
 M*N*32 bytes at the peak, 1.2 GiB at N=40k and 3 GiB at N=100k), so run them only with the memory to spare.
@@ -41,14 +45,17 @@ from mtp.kernels.points import (
 )
 
 CASES = {
+    "fps_16k_2048": dict(op="fps", n=16_000, npoint=2048),
     "fps_40k_4096": dict(op="fps", n=40_000, npoint=4096),
-    "fps_100k_8192": dict(op="fps", n=100_000, npoint=8192),
+    "fps_120k_8192": dict(op="fps", n=120_000, npoint=8192),
+    "knn_16k_k16": dict(op="knn", n=16_000, m=1024, k=16),
     "knn_40k_k16": dict(op="knn", n=40_000, m=1024, k=16),
-    "knn_100k_k16": dict(op="knn", n=100_000, m=1024, k=16),
+    "knn_120k_k16": dict(op="knn", n=120_000, m=1024, k=16),
+    "ball_16k_32": dict(op="ball", n=16_000, m=1024, nsample=32),
     "ball_40k_32": dict(op="ball", n=40_000, m=1024, nsample=32),
-    "ball_100k_32": dict(op="ball", n=100_000, m=1024, nsample=32),
+    "ball_120k_32": dict(op="ball", n=120_000, m=1024, nsample=32),
 }
-IMPLS = ("reference", "dispatch")
+IMPLS = ("reference", "dispatch", "open3d")
 
 
 def _scaled(params: dict, scale: float) -> dict:
@@ -63,16 +70,62 @@ def _build(params: dict, impl: str, device: str):
     gen = torch.Generator().manual_seed(0)
     xyz = torch.rand(1, params["n"], 3, generator=gen).to(device)
     op = params["op"]
+    if impl == "open3d":
+        return _build_open3d(params, xyz)
     if op == "fps":
         fn = farthest_point_sample_reference if impl == "reference" else farthest_point_sample
-        return [xyz], lambda: (fn(xyz, params["npoint"]),)
+        # the chosen points in index order: open3d returns them so (the equality is of the chosen set)
+        return [xyz], lambda: (xyz[0, fn(xyz, params["npoint"])[0].sort().values],)
     query = xyz[:, : params["m"]].contiguous()
     if op == "knn":
         fn = knn_reference if impl == "reference" else knn
-        return [xyz, query], lambda: fn(query, xyz, params["k"])
-    radius = (2 * params["nsample"] / (params["n"] * 4 / 3 * math.pi)) ** (1 / 3)
+        return [xyz, query], lambda: fn(query, xyz, params["k"])[:1]
     fn = ball_query_reference if impl == "reference" else ball_query
-    return [xyz, query], lambda: fn(query, xyz, radius, params["nsample"])
+    return [xyz, query], lambda: fn(query, xyz, _radius(params), params["nsample"])
+
+
+def _radius(params: dict) -> float:
+    return (2 * params["nsample"] / (params["n"] * 4 / 3 * math.pi)) ** (1 / 3)
+
+
+def _build_open3d(params: dict, xyz: torch.Tensor):
+    """open3d's own equivalents (CPU): the tensor point cloud's farthest_point_down_sample (start index 0), and
+    core.nns.NearestNeighborSearch's knn_search and fixed_radius_search (index building inside the timed call,
+    as our kernels build nothing beforehand). The ball query keeps the first nsample hits in index order and
+    pads with the first hit, PointNet++'s convention, so that all three give the same output."""
+    import numpy as np
+    import open3d as o3d
+
+    points = o3d.core.Tensor(xyz[0].cpu().numpy())
+    op = params["op"]
+    if op == "fps":
+        cloud = o3d.t.geometry.PointCloud(points)
+        return [xyz], lambda: (torch.from_numpy(
+            cloud.farthest_point_down_sample(params["npoint"], start_index=0).point.positions.numpy()),)
+    query = o3d.core.Tensor(xyz[0, : params["m"]].cpu().numpy())
+
+    def knn_call():
+        search = o3d.core.nns.NearestNeighborSearch(points)
+        search.knn_index()
+        index, _ = search.knn_search(query, params["k"])
+        return (torch.from_numpy(index.numpy().astype(np.int64))[None],)
+
+    def ball_call():
+        search = o3d.core.nns.NearestNeighborSearch(points)
+        radius = _radius(params)
+        search.fixed_radius_index(radius)
+        index, _, splits = search.fixed_radius_search(query, radius, sort=False)
+        index, splits = index.numpy().astype(np.int64), splits.numpy()
+        nsample, m = params["nsample"], params["m"]
+        out = np.zeros((m, nsample), np.int64)
+        count = np.minimum(np.diff(splits), nsample)
+        for row in range(m):  # per query: its hits sorted into index order, the first nsample kept
+            hits = np.sort(index[splits[row]:splits[row + 1]])[:nsample]
+            if len(hits):
+                out[row, :len(hits)], out[row, len(hits):] = hits, hits[0]
+        return torch.from_numpy(out)[None], torch.from_numpy(count)[None]
+
+    return [xyz], knn_call if op == "knn" else ball_call
 
 
 def _digest(outputs) -> str:
