@@ -328,7 +328,7 @@ class MedicalSegmentationPipeline(TaskPipeline):
         label resampled to each (nearest), with weights halving per level and normalised to sum to 1."""
         image, label = self._batch(batch)
         if not hasattr(self.model, "do_ds"):
-            return self._loss_fn()(self.model(image), label)
+            return self._loss_fn()(self.model(image).float(), label)  # the loss in float32 under bf16 autocast
         self.model.do_ds = True
         try:
             outputs = self.model(image)
@@ -340,7 +340,7 @@ class MedicalSegmentationPipeline(TaskPipeline):
         for weight, out in zip(weights, outputs):
             target = label if out.shape[2:] == label.shape[2:] else \
                 torch.nn.functional.interpolate(label, size=out.shape[2:], mode="nearest")
-            total = total + weight * self._loss_fn()(out, target)
+            total = total + weight * self._loss_fn()(out.float(), target)
         return total / sum(weights)
 
     def validation_metrics(self, batch) -> dict:
