@@ -220,7 +220,8 @@ BACKBONES.register("pointnet2_partseg_msg", "mtp.backbones.pointnet2:PointNet2Pa
                    description="PointNet++ MSG part segmentation, ShapeNetPart config; yanx27's names")
 # ConDaFormer (Duan et al. 2023) with LHDuan/ConDaFormer's state-dict names (checkpoints nest them under "state_dict"
 # with DDP's "module." prefix). Input: the official data dict (coord, discrete_coord, feat, offset[, inverse, length]),
-# which the segmentation pipeline builds from a cloud (input_format "voxel_dict"; S3DIS features coord + rgb only).
+# which the segmentation pipeline builds from a cloud (input_format "voxel_dict": coord + rgb for the 6-channel S3DIS
+# model, coord + normal + colour for the 9-channel ScanNet ones).
 _CONDAFORMER_SCANNET = dict(in_channels=9, voxel_size=0.02, quant_size=0.25, base_channels=48, head_dim=16,
                             drop_path_rate=0.3, channels=(96, 192, 384, 384, 384, 192, 96, 48),
                             layers=(2, 2, 6, 2, 0, 0, 0, 0))

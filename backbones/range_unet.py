@@ -26,6 +26,9 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 class RangeUNet(nn.Module):
     """U-Net over a range image (module docstring): [B, in_channels, H, W] -> [B, out_channels, H, W] logits."""
 
+    # selects the point_cloud_segmentation pipeline's organised-grid path (range_instances: features, grouping)
+    input_format = "organised_grid"
+
     def __init__(self, in_channels: int = 11, out_channels: int = 3, widths: tuple[int, ...] = (16, 32, 64, 128)):
         super().__init__()
         if in_channels < 1 or out_channels < 1 or len(widths) < 2:

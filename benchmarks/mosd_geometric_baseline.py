@@ -33,81 +33,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
 import resource
 import sys
 import time
 
-import numpy as np
-
 from mtp.datasets.point_cloud.layouts import MOSD, MOSD_INVALID_LABEL
 from mtp.pipelines.point_cloud.geometric import plane_and_clusters
-from mtp.pipelines.point_cloud.metrics import ConfusionMatrix, InstanceSegmentationMeter, instance_scores
-
-GROUPS = {
-    "test": [(0, 15, "boxes"), (16, 23, "stacked"), (24, 30, "occluded"), (31, 42, "cylindric"), (43, 54, "mixed"),
-             (55, 65, "complex")],
-    "learn": [(0, 16, "boxes"), (17, 24, "stacked"), (25, 32, "occluded"), (33, 44, "cylindric")],
-}
-TABLE_IDS = list(range(1, 10))     # mOSD README: 1-9 (parts of) the table
-FIRST_OBJECT_ID = 20
-
-
-def group_of(split: str, scan_id: str) -> str:
-    number = int(re.sub(r"\D", "", scan_id))
-    for low, high, name in GROUPS[split]:
-        if low <= number <= high:
-            return name
-    return "other"
-
-
-def _num(x):
-    return None if isinstance(x, float) and math.isnan(x) else x
-
-
-def score_scan(pred_semantic, pred_instance, labels, raw_instance, valid, meter: InstanceSegmentationMeter,
-               matrix: ConfusionMatrix) -> dict:
-    """One scan's scores (module docstring); ``meter`` (ignore_reference 0-9) and ``matrix`` accumulate it.
-    Usable for any method giving per-point semantic (0 table / 1 object) and instance ids (-1 = none)."""
-    raw = np.where(valid, raw_instance, 0)
-    table_merged = np.where(np.isin(raw, TABLE_IDS), 1, raw)
-    strict = instance_scores(pred_instance, table_merged, valid=valid, ignore_reference=[0])
-    objects = [int(r) for r in strict["reference_ids"] if r >= FIRST_OBJECT_ID]
-    partner = {ref: iou for ref, _, iou in strict["matches"]}
-    matched = float(np.mean([partner.get(r, 0.0) for r in objects])) if objects else float("nan")
-    loose = meter.update(pred_instance, raw, valid=valid)
-    reference = np.where(valid, labels, MOSD_INVALID_LABEL)
-    scan_matrix = ConfusionMatrix(2, ignore_index=MOSD_INVALID_LABEL).update(np.maximum(pred_semantic, 0),
-                                                                             reference)
-    matrix.merge(scan_matrix)
-    iou = scan_matrix.iou
-    return {"matched_iou": _num(matched), "matched_iou_objects_only": _num(loose["matched_iou"]),
-            "reference_objects": loose["reference"], "predicted_objects": loose["predicted"],
-            "true_positives": loose["true_positives"], "over_segmented": loose["over_segmented"],
-            "under_segmented": loose["under_segmented"], "iou_table": _num(float(iou[0])),
-            "iou_object": _num(float(iou[1])), "miou": _num(scan_matrix.miou)}
-
-
-def summarise(rows: list[dict], meter: InstanceSegmentationMeter, matrix: ConfusionMatrix) -> dict:
-    def mean(key):
-        values = [r[key] for r in rows if r[key] is not None]
-        return float(np.mean(values)) if values else None
-
-    pooled = meter.summary()
-    iou = matrix.iou
-    return {"scans": len(rows), "matched_iou": mean("matched_iou"),
-            "matched_iou_objects_only": mean("matched_iou_objects_only"),
-            "reference_objects": sum(r["reference_objects"] for r in rows),
-            "predicted_objects": sum(r["predicted_objects"] for r in rows),
-            "true_positives": sum(r["true_positives"] for r in rows),
-            "over_segmented": sum(r["over_segmented"] for r in rows),
-            "under_segmented": sum(r["under_segmented"] for r in rows),
-            "iou_table": _num(float(iou[0])), "iou_object": _num(float(iou[1])), "miou": _num(matrix.miou),
-            "pooled": {k: _num(pooled[k]) for k in ("matched_iou", "precision", "recall", "over_segmentation_rate",
-                                                    "under_segmentation_rate")},
-            "seconds": sum(r["seconds"] for r in rows)}
-
+from mtp.pipelines.point_cloud.metrics import ConfusionMatrix, InstanceSegmentationMeter
+# the scorer of this protocol lives in the package (the recipe flow scores with it too)
+from mtp.pipelines.point_cloud.metrics import mosd_group_of as group_of
+from mtp.pipelines.point_cloud.metrics import score_mosd_scan as score_scan
+from mtp.pipelines.point_cloud.metrics import summarise_mosd_scans as summarise
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -8,8 +8,9 @@ grouping) trained on the 20 learn/ scans, and scored beside the geometric baseli
     OMP_NUM_THREADS=1 MTP_DATA_DIR=../shared/data python benchmarks/mosd_instances.py --splits learn \\
         --holdout learn7 learn20 learn28 learn39 --run-dir runs/mosd_range_unet_val   # learn scans left out
 
-(The project's ``mtp run`` flow has no hook for this method's grouping step or for scoring instances without
-editing ``pipelines/point_cloud/pipeline.py``, so this script is the way to run it; there is no recipe.)
+``mtp run recipes/point_cloud/range_unet_mosd_instances.yaml`` is the same fit and the same scoring through the
+``point_cloud_segmentation`` pipeline (RangeUNet's ``input_format = "organised_grid"``); its defaults are this
+script's, both from ``range_instances``' constants (STEPS, BATCH_SIZE, LR, WEIGHT_DECAY, SEED, WIDTHS).
 
 Training (``range_instances.train_model``, everything fixed a priori, see that module's docstring): the learn/
 scans less ``--holdout`` (none by default), one thread, seed 0, ``--steps`` 3000 Adam steps (lr 2e-3, cosine,
@@ -23,7 +24,8 @@ each README group held out (learn7, learn20, learn28, learn39: a rule fixed befo
 scored matched IoU 0.918 (baseline 0.685; boxes 0.984 / 0.977, stacked 0.982 / 0.250, occluded 0.978 / 0.972,
 cylindric 0.728 / 0.542) and mIoU 0.989 / 0.969, with the settings above; the test run keeps them all.
 
-Scoring: ``score_scan`` and ``summarise`` of ``benchmarks/mosd_geometric_baseline.py`` (imported, not copied), so
+Scoring: the protocol of ``benchmarks/mosd_geometric_baseline.py`` (``mtp.pipelines.point_cloud.metrics``' mOSD scorer,
+which that benchmark uses too), so
 the references are mOSD's modified labels (``MOSD(merge_parts=False)``: each disjoint object part its own
 reference object, table parts merged into the table) and the figures are those of that benchmark. The baseline
 runs with that benchmark's defaults. Output: one JSON line per (method, scan), then per (method, split, group)
@@ -45,23 +47,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mosd_geometric_baseline import group_of, score_scan, summarise  # noqa: E402
-
-from mtp.backbones.range_unet import RangeUNet  # noqa: E402
-from mtp.datasets.point_cloud.layouts import MOSD, MOSD_INVALID_LABEL  # noqa: E402
-from mtp.pipelines.point_cloud import range_instances as ri  # noqa: E402
-from mtp.pipelines.point_cloud.geometric import plane_and_clusters  # noqa: E402
-from mtp.pipelines.point_cloud.metrics import ConfusionMatrix, InstanceSegmentationMeter  # noqa: E402
-
-WIDTHS = (16, 32, 64, 128)
-
-
-def _arrays(item: dict) -> dict:
-    return {"points": item["points"].numpy(), "colors": item["features"].numpy(), "labels": item["labels"].numpy(),
-            "raw": item["instance"].numpy(), "valid": item["valid"].numpy(), "width": item["width"],
-            "height": item["height"]}
+from mtp.backbones.range_unet import RangeUNet
+from mtp.datasets.point_cloud.layouts import MOSD, MOSD_INVALID_LABEL
+from mtp.pipelines.point_cloud import range_instances as ri
+from mtp.pipelines.point_cloud.geometric import plane_and_clusters
+from mtp.pipelines.point_cloud.metrics import ConfusionMatrix, InstanceSegmentationMeter
+from mtp.pipelines.point_cloud.metrics import mosd_group_of as group_of
+from mtp.pipelines.point_cloud.metrics import score_mosd_scan as score_scan
+from mtp.pipelines.point_cloud.metrics import summarise_mosd_scans as summarise
 
 
 def train(args, run_dir: Path) -> RangeUNet:
@@ -71,12 +64,10 @@ def train(args, run_dir: Path) -> RangeUNet:
         item = dataset[i]
         if item["id"] in args.holdout:
             continue
-        a = _arrays(item)
-        scans.append(ri.prepare_scan(a["points"], a["colors"], a["labels"], a["raw"], a["valid"], a["width"],
-                                     a["height"]))
+        scans.append(ri.prepare_item(item))
     print(json.dumps({"prepared_scans": len(scans), "seconds": round(time.perf_counter() - start, 1)}), flush=True)
     torch.manual_seed(args.seed)
-    model = RangeUNet(ri.IN_CHANNELS, ri.OUT_CHANNELS, WIDTHS)
+    model = RangeUNet(ri.IN_CHANNELS, ri.OUT_CHANNELS, ri.WIDTHS)
     log = open(run_dir / "train.log", "w")
 
     def both(line: str) -> None:
@@ -86,9 +77,9 @@ def train(args, run_dir: Path) -> RangeUNet:
 
     start = time.perf_counter()
     losses = ri.train_model(model, scans, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                            seed=args.seed, log_every=50, log=both)
+                            weight_decay=args.weight_decay, seed=args.seed, log_every=50, log=both)
     seconds = time.perf_counter() - start
-    torch.save({"state_dict": model.state_dict(), "widths": WIDTHS, "steps": args.steps,
+    torch.save({"state_dict": model.state_dict(), "widths": ri.WIDTHS, "steps": args.steps,
                 "holdout": list(args.holdout)}, run_dir / "model.pt")
     both(json.dumps({"trained_steps": args.steps, "train_seconds": round(seconds, 1),
                      "final_loss": round(float(np.mean(losses[-50:])), 4), "weights": str(run_dir / "model.pt")}))
@@ -122,7 +113,7 @@ def evaluate(args, model: RangeUNet) -> None:
             item = dataset[i]
             if split == "learn" and args.holdout and item["id"] not in args.holdout:
                 continue                          # learn scans the model trained on are not scored
-            a = _arrays(item)
+            a = ri.scan_arrays(item)
             group = group_of(split, item["id"])
             for method, run in methods.items():
                 start = time.perf_counter()
@@ -157,7 +148,8 @@ def evaluate(args, model: RangeUNet) -> None:
           flush=True)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (module docstring); its defaults are ``range_instances``' constants."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=None, help="mOSD folder (default $MTP_DATA_DIR/pointcloud/mOSD)")
     parser.add_argument("--splits", nargs="+", default=["test"], choices=["test", "learn"])
@@ -165,12 +157,17 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", default="runs/mosd_range_unet")
     parser.add_argument("--holdout", nargs="*", default=[], help="learn scan ids left out of training; with "
                                                                    "--splits learn, only they are scored")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=ri.STEPS)
+    parser.add_argument("--batch-size", type=int, default=ri.BATCH_SIZE)
+    parser.add_argument("--lr", type=float, default=ri.LR)
+    parser.add_argument("--weight-decay", type=float, default=ri.WEIGHT_DECAY)
+    parser.add_argument("--seed", type=int, default=ri.SEED)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     print(json.dumps({"args": vars(args)}), flush=True)
     if args.weights:

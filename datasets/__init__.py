@@ -65,6 +65,11 @@ DATASETS.register("mosd", f"{_PC}:mosd", {}, tasks=["point_cloud_segmentation"],
                               "invalid or unlabelled (ignored); colours as features")
 DATASETS.register("s3dis", f"{_PC}:s3dis", {}, tasks=["point_cloud_segmentation"],
                   description="S3DIS rooms (13 classes), train = every area but test_area (5), test = test_area")
+DATASETS.register("scannet", f"{_PC}:scannet", dict(num_classes=20), tasks=["point_cloud_segmentation"],
+                  description="ScanNet v2 in Pointcept's preprocessed layout (train/ val/ test/, <scene>.pth or "
+                              "<scene>/*.npy), the 20 benchmark classes; colours and normals as features")
+DATASETS.register("scannet200", f"{_PC}:scannet", dict(num_classes=200), tasks=["point_cloud_segmentation"],
+                  description="ScanNet200: the same scenes with the 200-class labels")
 DATASETS.register("modelnet40", f"{_PC}:modelnet", dict(num_classes=40), tasks=["point_cloud_classification"],
                   description="ModelNet40 resampled (PointNet++ release): first num_points rows, unit sphere")
 DATASETS.register("modelnet40_h5", f"{_PC}:modelnet_h5", {}, tasks=["point_cloud_classification"],

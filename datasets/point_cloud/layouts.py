@@ -53,6 +53,19 @@ Layouts:
   (``mtp.kernels.grid_sample``, mode "first": deterministic), as S3DIS pipelines usually do before training.
   The original S3DIS release has one corrupt row (Area_5/hallway_6/Annotations/ceiling_1.txt, a control
   character inside a number): it is reported with its line; fix it by hand as every preprocessing does.
+- ScanNet v2 (``scannet/``, as Pointcept's preprocess_scannet.py writes it from the ``_vh_clean_2`` meshes):
+  ``train/``, ``val/``, ``test/`` folders, one scene each either as ``<scene>.pth`` (the older script, which
+  PTv2 and LHDuan/ConDaFormer read: a ``torch.save``d dict of numpy arrays ``coord`` [N, 3], ``color`` [N, 3]
+  0-255, ``normal`` [N, 3], ``semantic_gt20``, ``semantic_gt200``, ``instance_gt`` ([N] or [N, 1]) and
+  ``scene_id``) or as a ``<scene>/`` folder of ``.npy`` files (current Pointcept: ``coord``, ``color``,
+  ``normal``, ``segment20``, ``segment200``, ``instance``). ``num_classes`` 20 (``SCANNET20_CLASSES``, the
+  benchmark's nyu40 subset) or 200 (``SCANNET200_CLASSES``) picks the label set; a label is the class index,
+  and the preprocessings' "no class" value, 255 (PTv2 / ConDaFormer) or -1 (current Pointcept), becomes
+  ``SCANNET_IGNORE`` (-1). The test split has no labels (every label -1); a train/val scene without them is an
+  error. ``.pth`` files are read with torch's weights-only unpickler (numpy arrays allowed, no other objects).
+  Items are whole scenes as stored: ``labels`` (long [N]), ``instance`` (long [N], the aggregation's group id,
+  as stored, when the file has it), ``features`` colours r g b / 255 then normals nx ny nz (C = 6; C = 3 with
+  ``normals=False``), ``id`` the scene name.
 - mOSD (``pointcloud/mOSD/``, the modified Object Segmentation Database; see its README.md): ``learn/*.pcd``
   (``split="train"`` or ``"learn"``) and ``test/*.pcd`` (``split="test"``), organised 640 x 480 Kinect clouds
   (one test cloud is unorganised) with a ``label`` field and packed colours. README labels: 0 the invalid
@@ -98,6 +111,40 @@ S3DIS_CLASSES: tuple[str, ...] = ("ceiling", "floor", "wall", "beam", "column", 
                                   "sofa", "bookcase", "board", "clutter")
 S3DIS_ALIASES = {"stairs": "clutter"}     # the standard preprocessing's mapping
 
+# ScanNet v2: the benchmark's 20 classes (nyu40 ids 1-12, 14, 16, 24, 28, 33, 34, 36, 39) and ScanNet200's
+# classes, in label order (LHDuan/ConDaFormer configs/scannet*/condaformer.py, Pointcept's scannet200_constants).
+SCANNET20_CLASSES: tuple[str, ...] = (
+    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture", "counter",
+    "desk", "curtain", "refrigerator", "shower curtain", "toilet", "sink", "bathtub", "otherfurniture")
+SCANNET200_CLASSES: tuple[str, ...] = (
+    "wall", "chair", "floor", "table", "door", "couch", "cabinet", "shelf", "desk", "office chair", "bed", "pillow",
+    "sink", "picture", "window", "toilet", "bookshelf", "monitor", "curtain", "book", "armchair", "coffee table", "box",
+    "refrigerator", "lamp", "kitchen cabinet", "towel", "clothes", "tv", "nightstand", "counter", "dresser", "stool",
+    "cushion", "plant", "ceiling", "bathtub", "end table", "dining table", "keyboard", "bag", "backpack",
+    "toilet paper", "printer", "tv stand", "whiteboard", "blanket", "shower curtain", "trash can", "closet", "stairs",
+    "microwave", "stove", "shoe", "computer tower", "bottle", "bin", "ottoman", "bench", "board", "washing machine",
+    "mirror", "copier", "basket", "sofa chair", "file cabinet", "fan", "laptop", "shower", "paper", "person",
+    "paper towel dispenser", "oven", "blinds", "rack", "plate", "blackboard", "piano", "suitcase", "rail", "radiator",
+    "recycling bin", "container", "wardrobe", "soap dispenser", "telephone", "bucket", "clock", "stand", "light",
+    "laundry basket", "pipe", "clothes dryer", "guitar", "toilet paper holder", "seat", "speaker", "column", "bicycle",
+    "ladder", "bathroom stall", "shower wall", "cup", "jacket", "storage bin", "coffee maker", "dishwasher",
+    "paper towel roll", "machine", "mat", "windowsill", "bar", "toaster", "bulletin board", "ironing board",
+    "fireplace", "soap dish", "kitchen counter", "doorframe", "toilet paper dispenser", "mini fridge",
+    "fire extinguisher", "ball", "hat", "shower curtain rod", "water cooler", "paper cutter", "tray", "shower door",
+    "pillar", "ledge", "toaster oven", "mouse", "toilet seat cover dispenser", "furniture", "cart", "storage container",
+    "scale", "tissue box", "light switch", "crate", "power outlet", "decoration", "sign", "projector", "closet door",
+    "vacuum cleaner", "candle", "plunger", "stuffed animal", "headphones", "dish rack", "broom", "guitar case",
+    "range hood", "dustpan", "hair dryer", "water bottle", "handicap bar", "purse", "vent", "shower floor",
+    "water pitcher", "mailbox", "bowl", "paper bag", "alarm clock", "music stand", "projector screen", "divider",
+    "laundry detergent", "bathroom counter", "object", "bathroom vanity", "closet wall", "laundry hamper",
+    "bathroom stall door", "ceiling light", "trash bin", "dumbbell", "stair rail", "tube", "bathroom cabinet",
+    "cd case", "closet rod", "coffee kettle", "structure", "shower head", "keyboard piano", "case of water bottles",
+    "coat rack", "storage organizer", "folded chair", "fire alarm", "power strip", "calendar", "poster", "potted plant",
+    "luggage", "mattress")
+SCANNET_IGNORE = -1                       # label of unannotated points and of classes outside the label set
+SCANNET_STORED_IGNORE = (-1, 255)         # "no class" as current Pointcept / PTv2 and ConDaFormer's pcr store it
+SCANNET_SPLITS = ("train", "val", "test")
+
 MOSD_INVALID_LABEL = -1                   # semantic label of NaN / unlabelled mOSD points
 MOSD_TABLE, MOSD_OBJECT = 0, 1
 
@@ -107,6 +154,7 @@ DEFAULT_ROOTS = {
     "s3dis": "Stanford3dDataset_v1.2_Aligned_Version",
     "mosd": "pointcloud/mOSD",
     "modelnet_h5": "modelnet40_ply_hdf5_2048",
+    "scannet": "scannet",
 }
 
 
@@ -531,6 +579,155 @@ class S3DIS(Dataset):
         return item
 
 
+# ---------------------------------------------------------------------------------------------- ScanNet
+def _numpy_safe_globals() -> list:
+    """What torch's weights-only unpickler needs for numpy arrays (no code runs): the array rebuild under its
+    numpy 2 and numpy 1 (``numpy.core``) names, ndarray, dtype and the dtype classes newer numpy pickles."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:          # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    dtypes = getattr(np, "dtypes", None)       # numpy >= 1.25 pickles a dtype by its class
+    classes = [getattr(dtypes, name) for name in dtypes.__all__] if dtypes else []
+    return [_reconstruct, (_reconstruct, "numpy.core.multiarray._reconstruct"),
+            (_reconstruct, "numpy._core.multiarray._reconstruct"), np.ndarray, np.dtype, *classes]
+
+
+class ScanNet(Dataset):
+    """ScanNet v2 scenes in Pointcept's preprocessed layout (module docstring): ``<split>/<scene>.pth`` or
+    ``<split>/<scene>/*.npy``; ``num_classes`` 20 or 200 picks the label set; ``normals`` adds nx ny nz to the
+    features (after the colours)."""
+
+    LABEL_KEYS = {(".pth", 20): "semantic_gt20", (".pth", 200): "semantic_gt200", ("npy", 20): "segment20",
+                  ("npy", 200): "segment200"}
+    INSTANCE_KEYS = {".pth": "instance_gt", "npy": "instance"}
+
+    def __init__(self, root: str | Path | None = None, split: str = "train", num_classes: int = 20,
+                 normals: bool = True):
+        if num_classes not in (20, 200):
+            raise ValueError(f"ScanNet: num_classes must be 20 or 200, got {num_classes}")
+        if split not in SCANNET_SPLITS:
+            raise ValueError(f"ScanNet: split must be one of {', '.join(SCANNET_SPLITS)}, got {split!r}")
+        self.root = _root(root, "scannet")
+        self.split, self.num_classes, self.normals = split, num_classes, normals
+        self.classes = list(SCANNET20_CLASSES if num_classes == 20 else SCANNET200_CLASSES)
+        folder = self.root / split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"ScanNet: no folder {folder} for the {split} split")
+        self.scenes: list[tuple[str, Path]] = []          # (scene name, its .pth file or .npy folder)
+        for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+            if path.is_dir():
+                self._check_npy_folder(path)
+                self.scenes.append((path.name, path))
+            elif path.suffix == ".pth":
+                self.scenes.append((path.stem, path))
+        names = [name for name, _ in self.scenes]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise PointCloudLayoutError(f"{folder}: scene {twice[0]} is there both as {twice[0]}.pth and as a "
+                                        f"{twice[0]}/ folder of .npy files")
+        if not self.scenes:
+            raise PointCloudLayoutError(f"{folder}: empty split folder (no <scene>.pth files and no <scene>/ "
+                                        f"folders of coord.npy, color.npy, normal.npy, ...)")
+
+    def _wanted(self, kind: str) -> list[str]:
+        keys = ["coord", "color"] + (["normal"] if self.normals else [])
+        return keys + ([self.LABEL_KEYS[kind, self.num_classes]] if self.split != "test" else [])
+
+    def _check_npy_folder(self, folder: Path) -> None:
+        missing = [f"{key}.npy" for key in self._wanted("npy") if not (folder / f"{key}.npy").is_file()]
+        if missing:
+            raise PointCloudLayoutError(f"{folder}: no {', '.join(missing)} (a scene folder of Pointcept's "
+                                        f"ScanNet layout holds {', '.join(k + '.npy' for k in self._wanted('npy'))})")
+
+    @staticmethod
+    def _load_pth(path: Path) -> dict:
+        from mtp.weights import safe_reason
+
+        try:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise PointCloudLayoutError(f"{path}: not a readable scene file ({type(err).__name__}: "
+                                        f"{safe_reason(err)}); expected a torch.save'd dict of numpy arrays") from None
+        if not isinstance(data, dict):
+            raise PointCloudLayoutError(f"{path}: expected a dict (coord, color, normal, semantic_gt20, ...), "
+                                        f"found {type(data).__name__}")
+        return data
+
+    def _arrays(self, path: Path) -> tuple[dict, str]:
+        """The scene's arrays by key (those of ``_wanted`` plus the instance ids when stored) and its kind."""
+        kind = ".pth" if path.suffix == ".pth" else "npy"
+        keys = self._wanted(kind) + [self.INSTANCE_KEYS[kind]]
+        if kind == ".pth":
+            data = self._load_pth(path)
+            missing = [key for key in self._wanted(kind) if key not in data]
+            if missing:
+                raise PointCloudLayoutError(f"{path}: no {', '.join(missing)} (found {', '.join(map(str, data))}; "
+                                            f"expected {', '.join(self._wanted(kind))})")
+            return {key: np.asarray(data[key]) for key in keys if key in data}, kind
+        self._check_npy_folder(path)
+        return {key: self._load_npy(path / f"{key}.npy") for key in keys if (path / f"{key}.npy").is_file()}, kind
+
+    @staticmethod
+    def _load_npy(path: Path) -> np.ndarray:
+        try:
+            return np.load(path, allow_pickle=False)       # an object array (a pickle) is refused, not run
+        except (ValueError, OSError) as err:
+            raise PointCloudLayoutError(f"{path}: not a readable .npy array ({err})") from None
+
+    def _labels(self, values: np.ndarray, n: int, where: str) -> np.ndarray:
+        values = values.reshape(-1) if values.size == n else values
+        if values.shape != (n,):
+            raise PointCloudLayoutError(f"{where}: shape {values.shape}, expected [{n}] or [{n}, 1]")
+        labels = values.astype(np.int64)
+        stored_ignore = np.isin(labels, SCANNET_STORED_IGNORE)
+        bad = np.flatnonzero((labels != values) | (~stored_ignore & ((labels < 0) | (labels >= self.num_classes))))
+        if len(bad):
+            raise PointCloudLayoutError(f"{where}: point {bad[0]} has label {values[bad[0]]}; expected 0-"
+                                        f"{self.num_classes - 1} or {' / '.join(map(str, SCANNET_STORED_IGNORE))} "
+                                        f"(no class)")
+        return np.where(stored_ignore, SCANNET_IGNORE, labels)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> dict:
+        name, path = self.scenes[index]
+        arrays, kind = self._arrays(path)
+
+        def where(key: str) -> str:
+            return f"{path}: {key}" if kind == ".pth" else str(path / f"{key}.npy")
+
+        coord = arrays["coord"]
+        if coord.ndim != 2 or coord.shape[1] != 3 or not len(coord):
+            raise PointCloudLayoutError(f"{where('coord')}: shape {coord.shape}, expected [N, 3] with N > 0")
+        n = len(coord)
+        for key in ("color", "normal") if self.normals else ("color",):
+            if arrays[key].shape != (n, 3):
+                raise PointCloudLayoutError(f"{where(key)}: shape {arrays[key].shape}, expected [{n}, 3] (one row "
+                                            f"per point of coord)")
+        colour = arrays["color"].astype(np.float64)
+        if colour.min() < 0 or colour.max() > 255:
+            raise PointCloudLayoutError(f"{where('color')}: values in [{colour.min():g}, {colour.max():g}], "
+                                        f"expected 0-255")
+        features = [colour / 255.0] + ([arrays["normal"]] if self.normals else [])
+        if self.split == "test":
+            labels = np.full(n, SCANNET_IGNORE, dtype=np.int64)
+        else:
+            key = self.LABEL_KEYS[kind, self.num_classes]
+            labels = self._labels(arrays[key], n, where(key))
+        item = {"points": torch.from_numpy(coord.astype(np.float32)), "features": _features(*features, n=n),
+                "labels": torch.from_numpy(labels), "id": name}
+        instance = arrays.get(self.INSTANCE_KEYS[kind])
+        if instance is not None:
+            if instance.size != n:
+                raise PointCloudLayoutError(f"{where(self.INSTANCE_KEYS[kind])}: shape {instance.shape}, expected "
+                                            f"[{n}] or [{n}, 1]")
+            item["instance"] = torch.from_numpy(instance.reshape(-1).astype(np.int64))
+        return item
+
+
 # ---------------------------------------------------------------------------------------------- mOSD
 def mosd_semantic(raw: np.ndarray) -> np.ndarray:
     """mOSD README labels -> semantic labels: 0 -> MOSD_INVALID_LABEL, 1-9 -> MOSD_TABLE, >= 20 -> MOSD_OBJECT."""
@@ -630,3 +827,7 @@ def modelnet_h5(root=None, split: str = "train", num_points: int | None = 1024, 
 
 def s3dis(root=None, split: str = "train", test_area: int = 5, grid_size: float | None = None) -> S3DIS | None:
     return None if split == "val" else S3DIS(root, split, test_area=test_area, grid_size=grid_size)
+
+
+def scannet(root=None, split: str = "train", num_classes: int = 20, normals: bool = True) -> ScanNet:
+    return ScanNet(root, split, num_classes=num_classes, normals=normals)

@@ -39,12 +39,14 @@ Conventions:
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from mtp.datasets.point_cloud.layouts import (SHAPENETPART_CATEGORIES, SHAPENETPART_NUM_PARTS,
+from mtp.datasets.point_cloud.layouts import (MOSD_INVALID_LABEL, SHAPENETPART_CATEGORIES, SHAPENETPART_NUM_PARTS,
                                               SHAPENETPART_SEG_CLASSES)
 
 
@@ -367,3 +369,68 @@ class InstanceSegmentationMeter:
         out.update({key: value for key, value in self.counts.items() if key != "matched_iou_sum"},
                    scenes=self.scenes)
         return out
+
+
+# ---------------------------------------------------------------------------------------------- mOSD objects
+# The mOSD object-segmentation protocol (benchmarks/mosd_geometric_baseline.py's docstring defines every figure):
+# the baseline benchmark, benchmarks/mosd_instances.py and the point_cloud_segmentation recipe all score with it.
+MOSD_GROUPS = {
+    "test": [(0, 15, "boxes"), (16, 23, "stacked"), (24, 30, "occluded"), (31, 42, "cylindric"), (43, 54, "mixed"),
+             (55, 65, "complex")],
+    "learn": [(0, 16, "boxes"), (17, 24, "stacked"), (25, 32, "occluded"), (33, 44, "cylindric")],
+}
+MOSD_TABLE_IDS = list(range(1, 10))     # mOSD README: 1-9 (parts of) the table
+MOSD_FIRST_OBJECT_ID = 20
+
+
+def mosd_group_of(split: str, scan_id: str) -> str:
+    """The README group of a scan ("test0" -> "boxes"); "other" for a number (or a name) outside them."""
+    digits = re.sub(r"\D", "", str(scan_id))
+    number = int(digits) if digits else -1
+    for low, high, name in MOSD_GROUPS.get(split, []):
+        if low <= number <= high:
+            return name
+    return "other"
+
+
+def _num(x):
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def score_mosd_scan(pred_semantic, pred_instance, labels, raw_instance, valid, meter, matrix) -> dict:
+    """One mOSD scan's scores; ``meter`` (an ``InstanceSegmentationMeter`` with ignore_reference 0-9) and ``matrix``
+    (a 2-class ``ConfusionMatrix`` ignoring -1) accumulate it. Semantic 0 table / 1 object, instance -1 none."""
+    raw = np.where(valid, raw_instance, 0)
+    table_merged = np.where(np.isin(raw, MOSD_TABLE_IDS), 1, raw)
+    strict = instance_scores(pred_instance, table_merged, valid=valid, ignore_reference=[0])
+    objects = [int(r) for r in strict["reference_ids"] if r >= MOSD_FIRST_OBJECT_ID]
+    partner = {ref: iou for ref, _, iou in strict["matches"]}
+    matched = float(np.mean([partner.get(r, 0.0) for r in objects])) if objects else float("nan")
+    loose = meter.update(pred_instance, raw, valid=valid)
+    scan_matrix = ConfusionMatrix(2, ignore_index=MOSD_INVALID_LABEL).update(
+        np.maximum(pred_semantic, 0), np.where(valid, labels, MOSD_INVALID_LABEL))
+    matrix.merge(scan_matrix)
+    iou = scan_matrix.iou
+    return {"matched_iou": _num(matched), "matched_iou_objects_only": _num(loose["matched_iou"]),
+            "reference_objects": loose["reference"], "predicted_objects": loose["predicted"],
+            "true_positives": loose["true_positives"], "over_segmented": loose["over_segmented"],
+            "under_segmented": loose["under_segmented"], "iou_table": _num(float(iou[0])),
+            "iou_object": _num(float(iou[1])), "miou": _num(scan_matrix.miou)}
+
+
+def summarise_mosd_scans(rows: list[dict], meter, matrix) -> dict:
+    """A group's summary of ``score_scan`` rows (each with its ``seconds``) and the accumulators they fed."""
+    def mean(key):
+        values = [r[key] for r in rows if r[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    pooled = meter.summary()
+    iou = matrix.iou
+    return {"scans": len(rows), "matched_iou": mean("matched_iou"),
+            "matched_iou_objects_only": mean("matched_iou_objects_only"),
+            **{key: sum(r[key] for r in rows) for key in ("reference_objects", "predicted_objects", "true_positives",
+                                                          "over_segmented", "under_segmented")},
+            "iou_table": _num(float(iou[0])), "iou_object": _num(float(iou[1])), "miou": _num(matrix.miou),
+            "pooled": {k: _num(pooled[k]) for k in ("matched_iou", "precision", "recall", "over_segmentation_rate",
+                                                    "under_segmentation_rate")},
+            "seconds": sum(r["seconds"] for r in rows)}

@@ -22,7 +22,21 @@ with every field it had plus an int32 ``pred`` label per point, and ``<stem>.png
   Voxelize -> PositiveShift -> colours 0-1 -> feat = coord + colour), the whole cloud runs in one forward (the
   official val protocol: no crops, `grid_size`/`overlap`/`crop_batch` unused) and every valid point takes its
   voxel's logits through the inverse map. Training items are `VoxelCrops`. Votes rotate the cloud about z and
-  voxelise it again.
+  voxelise it again. A model with in_channels 9 gets ScanNet's transforms instead: CenterShift(apply_z) ->
+  Voxelize -> CenterShift(x, y) -> NormalizeColor (c / 127.5 - 1, i.e. 2 * rgb - 1) -> feat = coord + normal +
+  colour (`center_shift`, `voxel_dict`), the normals from the cloud's nx ny nz (normal_x ...) fields, or in
+  evaluation from the dataset's features 3-5. Validation items are whole scenes, voxelised once each (the
+  official val: no loop, no SphereCrop); evaluating a split of such items (eval.split: val) evaluates its scenes.
+- Organised-grid models (a backbone with ``input_format = "organised_grid"``, RangeUNet): object instance
+  segmentation on the cloud's pixel grid by ``range_instances.segment`` (range-image features with the RANSAC
+  table plane, the network at half resolution, grouping on the grid; an unorganised cloud, e.g. mOSD's test43, is
+  laid back on the Kinect grid first). Every point gets ``pred`` (0 table / 1 object) and ``instance`` (object id
+  0..K-1, -1 on the table and on invalid points), both written to the output file; the PNG colours objects.
+  `grid_size`/`max_points`/`overlap`/`crop_batch`/`votes` are unused. Training (`fit_direct`) is
+  ``range_instances.train_model`` on the train split's scans, not the Trainer; evaluation scores instances with
+  ``metrics.score_mosd_scan``/``summarise_mosd_scans`` (benchmarks/mosd_geometric_baseline.py's figures), per README
+  group (``<group>/`` keys) and over the split, and the geometric baseline (``plane_and_clusters``, its
+  defaults) on the same scans beside it (``baseline/`` keys).
 - Test-time voting (`votes` > 0): the crops run again `votes` times with a seeded random rotation about z (and
   a 0.5 * grid_size Gaussian jitter), logits averaged with the plain pass. The single-pass and voted results are
   always reported separately: ``pred`` (the file, voted when votes > 0), ``pred_single`` in the result dict,
@@ -42,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -241,6 +256,7 @@ def sphere_crops(xyz: torch.Tensor, max_points: int, overlap: float = 2.0) -> li
 
 
 VOXEL_DICT = "voxel_dict"   # a backbone's `input_format` when it takes Pointcept's data dict (ConDaFormer)
+ORGANISED_GRID = "organised_grid"   # ... when it segments instances on an organised cloud's pixel grid (RangeUNet)
 
 
 def voxelize(xyz: torch.Tensor, voxel_size: float, mode: str = "first", generator: torch.Generator | None = None):
@@ -267,23 +283,38 @@ def voxelize(xyz: torch.Tensor, voxel_size: float, mode: str = "first", generato
     return grid_sample(torch.floor(xyz.double() / voxel_size), 1.0, mode=mode, generator=generator)
 
 
+def center_shift(xyz: torch.Tensor, apply_z: bool = True) -> torch.Tensor:
+    """Pointcept's CenterShift: xyz [N, 3] minus its x and y mid-range and, with apply_z, its z minimum."""
+    low, high = xyz.min(0).values, xyz.max(0).values
+    shift = (low + high) / 2
+    shift[2] = low[2] if apply_z else 0.0
+    return xyz - shift
+
+
 def voxel_dict(clouds: list[dict]) -> dict:
     """Pointcept's collated data dict from voxelised clouds, as the S3DIS val transforms and collate_fn build it.
 
     Each cloud: ``coord`` [V, 3] (its voxels' kept points, metres), ``grid_coord`` [V, 3] (voxelize's),
-    ``rgb`` [V, 3] in [0, 1] or None (0.5 grey), optionally ``inverse`` [R] (each raw point's voxel) and
-    ``labels`` [V]. Out: coord after PositiveShift (minus its per-cloud min), discrete_coord, feat = coord + rgb
-    (float32, in_channels 6), offset (cumulative voxel counts), and when given inverse (cloud-local, as
-    collate_fn leaves it) with length (raw points per cloud), labels.
+    ``rgb`` [V, 3] in [0, 1] or None (0.5 grey), optionally ``normal`` [V, 3], ``inverse`` [R] (each raw
+    point's voxel) and ``labels`` [V]. Out: coord after PositiveShift (minus its per-cloud min), discrete_coord,
+    feat = coord + rgb (float32, in_channels 6), offset (cumulative voxel counts), and when given inverse
+    (cloud-local, as collate_fn leaves it) with length (raw points per cloud), labels. A cloud with ``normal``
+    gets ScanNet's val transforms instead: coord after CenterShift(apply_z=False), feat = coord + normal +
+    NormalizeColor's colour (c / 127.5 - 1 = 2 * rgb - 1), in_channels 9.
     """
     coords, feats = [], []
     for cloud in clouds:
         coord = cloud["coord"].float()
-        coord = coord - coord.min(0).values
         rgb = cloud.get("rgb")
         rgb = torch.full_like(coord, 0.5) if rgb is None else torch.as_tensor(rgb, dtype=torch.float32)
+        if cloud.get("normal") is None:
+            coord = coord - coord.min(0).values
+            feats.append(torch.cat([coord, rgb], 1))
+        else:
+            coord = center_shift(coord, apply_z=False)
+            normal = torch.as_tensor(cloud["normal"], dtype=torch.float32)
+            feats.append(torch.cat([coord, normal, rgb * 2 - 1], 1))
         coords.append(coord)
-        feats.append(torch.cat([coord, rgb], 1))
     out = {"coord": torch.cat(coords), "discrete_coord": torch.cat([c["grid_coord"].long() for c in clouds]),
            "feat": torch.cat(feats), "offset": torch.tensor([len(c) for c in coords]).cumsum(0)}
     if all("inverse" in c for c in clouds):
@@ -301,13 +332,23 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
     metrics = ("point_segmentation",)
     monitor = ("val_miou", "max")
 
+    @property
+    def num_classes(self) -> int:
+        # an organised-grid model's logits are table, object and boundary; its classes are table and object
+        return 2 if self.grid_input else super().num_classes
+
     # ------------------------------------------------------------------ core inference
-    def segment(self, points: np.ndarray, rgb: np.ndarray | None = None) -> dict:
+    def segment(self, points: np.ndarray, rgb: np.ndarray | None = None, width: int | None = None,
+                height: int | None = None, normals: np.ndarray | None = None) -> dict:
         """points float [N, 3] (NaN allowed), rgb [N, 3] in [0, 1] or None -> {pred [N] (voted when votes > 0),
         pred_single [N], logits [V, C] of the sampled points (voxel-dict models: [N_valid, C] of the valid points),
-        fragments, sampled_points, ...}."""
+        fragments, sampled_points, ...}. Organised-grid models also use the cloud's ``width`` and ``height``
+        (None or height 1: unorganised) and return ``instance`` [N] instead of logits. Voxel-dict models with
+        in_channels 9 also need ``normals`` [N, 3]."""
         from mtp.kernels import grid_sample
 
+        if self.grid_input:
+            return self._segment_grid(points, rgb, width, height)
         points = np.asarray(points, dtype=np.float32)
         valid = np.isfinite(points).all(1)
         n = len(points)
@@ -318,7 +359,7 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
             return {"pred": pred, "pred_single": pred.copy(), **stats}
         xyz = torch.from_numpy(points[valid])
         if self.voxel_input:
-            return self._segment_voxels(xyz, rgb, valid, pred, stats)
+            return self._segment_voxels(xyz, rgb, valid, pred, stats, normals)
         sample = grid_sample(xyz, self.config["grid_size"], mode="center")
         sampled = xyz[sample.index]
         colours = None if rgb is None else np.asarray(rgb, dtype=np.float32)[valid][sample.index.numpy()]
@@ -343,42 +384,70 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
         return {"pred": pred, "pred_single": pred_single, "logits": voted, **stats}
 
     @property
+    def grid_input(self) -> bool:
+        """The model segments instances on the organised pixel grid (module docstring)."""
+        return getattr(self.model, "input_format", None) == ORGANISED_GRID
+
+    def _segment_grid(self, points, rgb, width, height) -> dict:
+        """segment() for organised-grid models: ``range_instances.segment`` -> semantic ``pred`` and ``instance``
+        per point (-1 on invalid points)."""
+        from mtp.pipelines.point_cloud import range_instances as ri
+
+        semantic, instance = ri.segment(self.model, points, rgb, width, height)
+        pred = semantic.astype(np.int32)
+        return {"pred": pred, "pred_single": pred.copy(), "instance": instance.astype(np.int32),
+                "points": len(pred), "valid_points": int((pred >= 0).sum()), "objects": int(instance.max() + 1)}
+
+    @property
     def voxel_input(self) -> bool:
         """The model takes Pointcept's voxel data dict (module docstring) instead of [B, N, 3] crops."""
         return getattr(self.model, "input_format", None) == VOXEL_DICT
 
     def _check_voxel_channels(self) -> None:
-        if self.in_channels != 6:
+        if self.in_channels not in (6, 9):
             raise OptionError(f"a voxel-dict model with in_channels={self.in_channels}: this pipeline builds the "
-                              f"S3DIS features coord + rgb (6 channels) only")
+                              f"S3DIS features coord + rgb (6 channels) or ScanNet's coord + normal + rgb (9)")
 
-    def _segment_voxels(self, xyz, rgb, valid, pred, stats) -> dict:
+    def _segment_voxels(self, xyz, rgb, valid, pred, stats, normals=None) -> dict:
         """segment() for voxel-dict models: logits [N_valid, C] of every valid point (not per sampled point)."""
         self._check_voxel_channels()
         colours = None if rgb is None else torch.from_numpy(np.asarray(rgb, dtype=np.float32)[valid])
-        single, voxels = self._voxel_logits(xyz, colours)
+        normal = None
+        if self.in_channels == 9:
+            if normals is None:
+                raise InputError("the model takes normals (in_channels 9: coord + normal + colour); the cloud has "
+                                 "no nx ny nz (normal_x normal_y normal_z) fields")
+            normal = torch.from_numpy(np.asarray(normals, dtype=np.float32)[valid])
+        single, voxels = self._voxel_logits(xyz, colours, normals=normal)
         pred_single = pred.copy()
         pred_single[valid] = single.argmax(1).numpy()
         total = single.clone()
         generator = torch.Generator().manual_seed(self.config["seed"])
         for _ in range(self.config["votes"]):
             angle = float(torch.rand((), generator=generator)) * 2 * math.pi
-            total += self._voxel_logits(xyz, colours, angle)[0]
+            total += self._voxel_logits(xyz, colours, angle, normal)[0]
         voted = total / (1 + self.config["votes"])
         pred[valid] = voted.argmax(1).numpy()
         stats.update(sampled_points=voxels, fragments=1, max_fragment_points=voxels, covered=True)
         return {"pred": pred, "pred_single": pred_single, "logits": voted, **stats}
 
-    def _voxel_logits(self, xyz, colours, angle: float | None = None) -> tuple[torch.Tensor, int]:
+    def _voxel_logits(self, xyz, colours, angle: float | None = None,
+                      normals: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         """(logits [N, C] of the points xyz [N, 3], voxel count): voxelised at the model's voxel_size (rotated by
-        `angle` about z around the centroid first, a vote), one forward, gathered through the inverse."""
+        `angle` about z around the centroid first, a vote), one forward, gathered through the inverse. With
+        `normals` (in_channels 9), ScanNet's val transforms (module docstring)."""
         if angle is not None:
             cos, sin = math.cos(angle), math.sin(angle)
             centre = xyz.mean(0)
-            xyz = (xyz - centre) @ torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]]).T + centre
+            rotation = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+            xyz = (xyz - centre) @ rotation.T + centre
+            normals = None if normals is None else normals @ rotation.T
+        if normals is not None:
+            xyz = center_shift(xyz)     # before Voxelize: it sets the grid's origin
         sample = voxelize(xyz, self.model.voxel_size)
         data = voxel_dict([{"coord": xyz[sample.index], "grid_coord": sample.grid_coord,
-                            "rgb": None if colours is None else colours[sample.index], "inverse": sample.inverse}])
+                            "rgb": None if colours is None else colours[sample.index],
+                            "normal": None if normals is None else normals[sample.index], "inverse": sample.inverse}])
         return self.model(self._on_device(data)).float().cpu(), len(sample.index)
 
     def _on_device(self, data: dict) -> dict:
@@ -428,17 +497,21 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
         cloud = item["cloud"]
         if not cloud.valid.any():
             log.warning("%s: no valid (finite) point; every point is labelled %d", item["name"], INVALID_LABEL)
-        return {"points": cloud.points, "rgb": _colors(cloud)}
+        return {"points": cloud.points, "rgb": _colors(cloud), "width": cloud.width, "height": cloud.height,
+                "normals": _normals(cloud)}
 
     def forward(self, inputs: list[dict]) -> list:
         with torch.inference_mode():
-            return [self.segment(one["points"], one["rgb"]) for one in inputs]
+            return [self.segment(one["points"], one["rgb"], one["width"], one["height"], one["normals"])
+                    for one in inputs]
 
     def postprocess(self, output, item, inputs: dict) -> dict:
         from mtp.datasets.point_cloud import PointCloud
 
         cloud = item["cloud"]
         fields = {**cloud.fields, "pred": output["pred"].astype(np.int32)}
+        if "instance" in output:
+            fields["instance"] = output["instance"]
         labelled = PointCloud(cloud.points, fields, width=cloud.width, height=cloud.height,
                               viewpoint=cloud.viewpoint, source=cloud.source)
         counts = {name: int((output["pred"] == k).sum()) for k, name in enumerate(self.class_names)}
@@ -461,19 +534,30 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
 
         written = [write_points(paths[0], result["cloud"], overwrite=overwrite)]
         for path in paths[1:]:
-            written.append(render_labels(result["cloud"].points, result["pred"], path, self.class_names,
-                                         title=Path(result["name"]).name, overwrite=overwrite))
+            written.append(self._render(result["cloud"].points, result, path, Path(result["name"]).name, overwrite))
         return written
+
+    def _render(self, points, output: dict, path: Path, title: str, overwrite: bool) -> Path:
+        """render_labels by ``pred``, or, with instances, by object: the table 0, object k as k + 1."""
+        if "instance" not in output:
+            return render_labels(points, output["pred"], path, self.class_names, title=title, overwrite=overwrite)
+        labels = np.where(output["pred"] < 0, INVALID_LABEL, output["instance"] + 1)
+        names = [self.class_names[0]] + [f"object {k}" for k in range(output["objects"])]
+        return render_labels(points, labels, path, names, title=title, overwrite=overwrite)
 
     # ------------------------------------------------------------------ training and evaluation
     def datasets(self, recipe) -> dict:
         splits = super().datasets(recipe)
+        if self.grid_input:      # whole labelled scans: fit_direct and evaluate take them as they are
+            return splits
         for split in ("train", "val"):
             if splits.get(split) is not None and self.voxel_input:
                 self._check_voxel_channels()
-                splits[split] = VoxelCrops(splits[split], self.model.voxel_size, self.config["max_points"],
-                                           self.config["crops_per_scene"], self.config["seed"],
-                                           augment=self.config["augment"] and split == "train")
+                train = split == "train"     # validation: whole scenes once each (module docstring)
+                splits[split] = VoxelCrops(splits[split], self.model.voxel_size,
+                                           self.config["max_points"] if train else None,
+                                           self.config["crops_per_scene"] if train else 1, self.config["seed"],
+                                           augment=self.config["augment"] and train, normals=self.in_channels == 9)
             elif splits.get(split) is not None:
                 splits[split] = SegmentationCrops(splits[split], self.config["grid_size"], self.config["max_points"],
                                                   self.config["crops_per_scene"], self.config["seed"],
@@ -499,6 +583,33 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
     def training_loss(self, batch):
         return self._loss_and_logits(batch)[0]
 
+    def fit_direct(self, splits: dict, recipe) -> bool:
+        """Organised-grid models: ``range_instances.train_model`` (its Adam, cosine decay, crops and augmentation)
+        for train.max_steps steps of train.batch_size crops, lr, weight_decay, seed, on ``prepare_item`` of every
+        train scan (benchmarks/mosd_instances.py's fit); other models train with the Trainer (False)."""
+        if not self.grid_input:
+            return False
+        from mtp.pipelines.point_cloud import range_instances as ri
+
+        train = recipe.train
+        if train.optimizer != "adam" or train.scheduler != "cosine" or train.max_steps < 1:
+            raise OptionError(f"an organised-grid model trains with range_instances.train_model: Adam with cosine "
+                              f"decay over train.max_steps >= 1 steps; got optimizer={train.optimizer!r}, "
+                              f"scheduler={train.scheduler!r}, max_steps={train.max_steps}")
+        if self._device().type != "cpu":
+            raise OptionError("an organised-grid model trains on the CPU: set train.accelerator: cpu")
+        if recipe.backbone.weights is None:
+            # the benchmark's initialisation (seeded just before the model is built), whatever was drawn before
+            torch.manual_seed(train.seed)
+            self.model.load_state_dict(self.backbone_entry(self.backbone_name).build(**self.model_kwargs)
+                                       .state_dict())
+        started = time.perf_counter()
+        scans = [ri.prepare_item(splits["train"][i]) for i in range(len(splits["train"]))]
+        log.info("prepared %d scans in %.1f s", len(scans), time.perf_counter() - started)
+        ri.train_model(self.model, scans, steps=train.max_steps, batch_size=train.batch_size, lr=train.lr,
+                       weight_decay=train.weight_decay, seed=train.seed, log_every=50, log=log.info)
+        return True
+
     def validation_metrics(self, batch) -> dict:
         from mtp.pipelines.point_cloud.metrics import ConfusionMatrix
 
@@ -507,6 +618,12 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
         matrix.update(logits.argmax(-1).cpu(), labels.cpu())
         miou = matrix.miou
         return {"val_loss": loss, "val_miou": torch.tensor(0.0 if math.isnan(miou) else miou)}
+
+    def evaluation_dataset(self, data, split: str = "test"):
+        # a split the engine wrapped for training or validation is evaluated on its whole scenes
+        if isinstance(data, (SegmentationCrops, VoxelCrops)):
+            data = data.scenes
+        return super().evaluation_dataset(data, split)
 
     def default_dataset(self, root, split):
         from mtp.datasets.point_cloud.layouts import MOSD
@@ -520,10 +637,12 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
         for item in batch:
             points = item["points"].numpy() if isinstance(item["points"], torch.Tensor) else np.asarray(item["points"])
             feats = item.get("features")
-            rgb = None
+            rgb = normals = None
             if feats is not None and feats.shape[1] >= 3:
                 rgb = np.asarray(feats[:, :3], dtype=np.float32)
-            out = self.segment(points, rgb)
+            if feats is not None and feats.shape[1] >= 6:       # ScanNet's colour + normal
+                normals = np.asarray(feats[:, 3:6], dtype=np.float32)
+            out = self.segment(points, rgb, normals=normals)
             reference = np.asarray(item["labels"]).astype(np.int64)
             if "valid" in item:
                 reference = np.where(np.asarray(item["valid"]), reference, self.config["ignore_index"])
@@ -536,18 +655,75 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
         return {"num_classes": self.num_classes, "ignore_index": self.config["ignore_index"],
                 "class_names": self.class_names}
 
+    def evaluate(self, data, split: str = "test", batch_size: int | None = None, limit: int | None = None,
+                 **metric_options) -> dict:
+        """Organised-grid models: the instance figures of the model and of the geometric baseline (module
+        docstring) over mOSD-style scans (items with labels, raw part ids ``instance``, valid, width, height, id);
+        other models: the semantic metrics."""
+        if not self.grid_input:
+            return super().evaluate(data, split, batch_size, limit, **metric_options)
+        if metric_options:
+            raise OptionError(f"organised-grid evaluation takes no metric options, got {sorted(metric_options)}")
+        dataset = self.evaluation_dataset(data, split)
+        count = len(dataset) if limit is None else min(limit, len(dataset))
+        if count == 0:
+            raise InputError(f"{data}: nothing to evaluate")
+        folder = getattr(dataset.base, "split", split)
+        # the README numbers its groups per folder: learn/ is the train split
+        return self._score_instances(dataset, count, "learn" if folder == "train" else folder)
+
+    def _score_instances(self, dataset, count: int, folder: str) -> dict:
+        from mtp.pipelines.point_cloud import range_instances as ri
+        from mtp.pipelines.point_cloud.geometric import plane_and_clusters
+        from mtp.pipelines.point_cloud.metrics import (ConfusionMatrix, InstanceSegmentationMeter, mosd_group_of,
+                                                       score_mosd_scan, summarise_mosd_scans)
+
+        methods = {"": lambda a: ri.segment(self.model, a["points"], a["colors"], a["width"], a["height"]),
+                   "baseline/": lambda a: plane_and_clusters(a["points"])}
+        rows, accumulators, points = {}, {}, 0
+        self.model.eval()
+        for i in range(count):
+            item = dataset[i]
+            a = ri.scan_arrays(item)
+            group = mosd_group_of(folder, item.get("id", ""))
+            points += len(a["points"])
+            for prefix, method in methods.items():
+                started = time.perf_counter()
+                semantic, instance = method(a)
+                seconds = time.perf_counter() - started
+                for key in (group, "all"):
+                    accumulator = accumulators.setdefault((prefix, key), (
+                        InstanceSegmentationMeter(ignore_reference=range(10)),
+                        ConfusionMatrix(2, ignore_index=INVALID_LABEL)))
+                    row = score_mosd_scan(semantic, instance, a["labels"], a["raw"], a["valid"], *accumulator)
+                    rows.setdefault((prefix, key), []).append({**row, "seconds": seconds})
+                log.info("%s %s%s: %s", item.get("id", i), prefix or "learned/", group,
+                         {k: row[k] for k in ("matched_iou", "over_segmented", "under_segmented", "miou")})
+        metrics = {}
+        for (prefix, key), group_rows in rows.items():
+            summary = summarise_mosd_scans(group_rows, *accumulators[prefix, key])
+            pooled = summary.pop("pooled")
+            summary.update({f"pooled/{k}": v for k, v in pooled.items()})
+            if key == "all":
+                summary["points_per_second"] = points / summary["seconds"] if summary["seconds"] else None
+            name = prefix if key == "all" else f"{prefix}{key}/"
+            metrics.update({f"{name}{k}": v for k, v in summary.items()})
+        metrics["samples"] = count
+        return dict(sorted(metrics.items(), key=lambda kv: (kv[0].count("/"), kv[0])))
+
     def write_artifacts(self, run_dir: Path, splits: dict, recipe) -> list[Path]:
         """The first evaluation scene rendered by prediction (<run>/renders/<id>.png)."""
         split = splits.get(recipe.eval.split)
         if split is None or len(split) == 0:
             return []
-        item = split[0]
+        item = self.evaluation_dataset(split)[0]
         points = np.asarray(item["points"])
         rgb = np.asarray(item["features"][:, :3]) if item["features"].shape[1] >= 3 else None
+        normals = np.asarray(item["features"][:, 3:6]) if item["features"].shape[1] >= 6 else None
         with torch.no_grad():
-            out = self.segment(points, rgb)
-        return [render_labels(points, out["pred"], run_dir / "renders" / f"{item.get('id', 'scene')}.png",
-                              self.class_names, title=str(item.get("id", "")), overwrite=True)]
+            out = self.segment(points, rgb, item.get("width"), item.get("height"), normals)
+        return [self._render(points, out, run_dir / "renders" / f"{item.get('id', 'scene')}.png",
+                             str(item.get("id", "")), overwrite=True)]
 
 
 class SegmentationCrops(torch.utils.data.Dataset):
@@ -620,13 +796,16 @@ class VoxelCrops(torch.utils.data.Dataset):
     options go: invalid points dropped; per item, the scene augmented (`augment`: the pipeline's rotation about z
     about the centroid, scale in [0.9, 1.1], Gaussian jitter 0.25 * voxel_size), voxelised with a random point per
     voxel (Voxelize 'train'), the `points` voxels nearest a random voxel kept (SphereCrop 'random', point_max =
-    points), then PositiveShift and feat = coord + colour (voxel_dict). Labels are the kept points'. Draws are
-    seeded by (seed, epoch, index): an epoch is reproducible. Items: coord, grid_coord, rgb, labels (per voxel)."""
+    points; None keeps the whole scene), then PositiveShift and feat = coord + colour (voxel_dict). Labels are the
+    kept points'. Draws are seeded by (seed, epoch, index): an epoch is reproducible. Items: coord, grid_coord,
+    rgb, normal, labels (per voxel). With `normals` (in_channels 9), ScanNet's transforms: the normals are the
+    scenes' features 3-5 (rotated with the points), the scene is CenterShift-ed (apply_z) before anything else,
+    and voxel_dict applies the rest."""
 
-    def __init__(self, scenes, voxel_size: float, points: int, crops_per_scene: int, seed: int = 0,
-                 augment: bool = True):
+    def __init__(self, scenes, voxel_size: float, points: int | None, crops_per_scene: int, seed: int = 0,
+                 augment: bool = True, normals: bool = False):
         self.scenes, self.voxel_size, self.points = scenes, voxel_size, points
-        self.crops_per_scene, self.seed, self.augment = crops_per_scene, seed, augment
+        self.crops_per_scene, self.seed, self.augment, self.normals = crops_per_scene, seed, augment, normals
         self.epoch = 0
         self._cache: dict[int, tuple] = {}
 
@@ -647,11 +826,17 @@ class VoxelCrops(torch.utils.data.Dataset):
                 raise InputError(f"scene {item.get('id', index)}: no valid point")
             feats = torch.as_tensor(item["features"]).float()[valid]
             rgb = feats[:, :3] if feats.shape[1] >= 3 else None
-            self._cache[index] = (points[valid], rgb, torch.as_tensor(item["labels"]).long()[valid])
+            xyz, normal = points[valid], None
+            if self.normals:
+                if feats.shape[1] < 6:
+                    raise InputError(f"scene {item.get('id', index)}: the model takes normals (features 3-5 after "
+                                     f"the colours); the scene has {feats.shape[1]} feature columns")
+                xyz, normal = center_shift(xyz), feats[:, 3:6]
+            self._cache[index] = (xyz, rgb, normal, torch.as_tensor(item["labels"]).long()[valid])
         return self._cache[index]
 
     def __getitem__(self, index: int) -> dict:
-        xyz, rgb, labels = self._scene(index // self.crops_per_scene)
+        xyz, rgb, normal, labels = self._scene(index // self.crops_per_scene)
         rng = np.random.default_rng((self.seed, self.epoch, index))
         if self.augment:
             angle = rng.uniform(0, 2 * np.pi)
@@ -660,17 +845,19 @@ class VoxelCrops(torch.utils.data.Dataset):
             centre = xyz.mean(0)
             xyz = (xyz - centre) @ rot.T * float(rng.uniform(0.9, 1.1)) + centre
             xyz = xyz + torch.from_numpy(rng.normal(0, 0.25 * self.voxel_size, xyz.shape).astype(np.float32))
+            normal = None if normal is None else normal @ rot.T
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         sample = voxelize(xyz, self.voxel_size, mode="random", generator=generator)
         keep = sample.index
-        if len(keep) > self.points:
+        if self.points is not None and len(keep) > self.points:
             coord = xyz[keep]
             d = ((coord - coord[int(rng.integers(len(keep)))]) ** 2).sum(1)
             chosen = torch.topk(d, self.points, largest=False).indices.sort().values
         else:
             chosen = torch.arange(len(keep))
         return {"coord": xyz[keep[chosen]], "grid_coord": sample.grid_coord[chosen],
-                "rgb": None if rgb is None else rgb[keep[chosen]], "labels": labels[keep[chosen]]}
+                "rgb": None if rgb is None else rgb[keep[chosen]],
+                "normal": None if normal is None else normal[keep[chosen]], "labels": labels[keep[chosen]]}
 
     @staticmethod
     def collate(batch):

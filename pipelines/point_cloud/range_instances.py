@@ -57,7 +57,13 @@ two objects while a thick one only delays pixels to the attach step), both ignor
 cosine decay, random ``CROP`` 128 x 160 windows of the 240 x 320 grids (about a quarter of a scene: 4 crops
 cost one scene's step, and crops make 20 scenes into many different views), random horizontal flips (x and
 the normal's x change sign) and colour jitter (brightness x 0.8-1.2, per-channel shift +-0.05), as there are
-only 20 learn scans.
+only 20 learn scans. ``STEPS`` = 3000 steps of ``BATCH_SIZE`` = 4 crops, ``LR`` 2e-3, ``WEIGHT_DECAY`` 1e-4,
+``SEED`` 0 and ``WIDTHS`` 16-128 are the fit of both benchmarks/mosd_instances.py and
+recipes/point_cloud/range_unet_mosd_instances.yaml (``scan_arrays``/``prepare_item`` read a ``MOSD`` item for it).
+
+Scoring: the mOSD protocol of ``mtp.pipelines.point_cloud.metrics`` (``score_mosd_scan``, ``summarise_mosd_scans``,
+``mosd_group_of``; benchmarks/mosd_geometric_baseline.py's docstring defines the figures). A backbone with
+``input_format = "organised_grid"`` selects this module in the ``point_cloud_segmentation`` pipeline.
 """
 from __future__ import annotations
 
@@ -75,6 +81,13 @@ CROP = (128, 160)
 IN_CHANNELS = 11
 OUT_CHANNELS = 3          # table logit, object logit, boundary logit
 INVALID = -1
+# The fit of benchmarks/mosd_instances.py and recipes/point_cloud/range_unet_mosd_instances.yaml (module docstring)
+WIDTHS = (16, 32, 64, 128)
+STEPS = 3000
+BATCH_SIZE = 4
+LR = 2e-3
+WEIGHT_DECAY = 1e-4
+SEED = 0
 KINECT_SIZE = (640, 480)            # width, height
 KINECT_FOCAL = 525.0                # pixels; mOSD's organised learn clouds fit it to 1e-4 pixel
 KINECT_CENTRE = (319.5, 239.5)
@@ -270,8 +283,16 @@ def predict_probabilities(model: nn.Module, features: np.ndarray, scale: int = S
     and its logits upsampled bilinearly back to H x W."""
     model.eval()
     h, w = features.shape[1:]
+    x = torch.from_numpy(subsample(features, scale))[None]
+    sh, sw = x.shape[2:]
+    # a U-Net needs sides that are multiples of 2 ** poolings: pad with invalid (all-0) pixels, crop the logits
+    multiple = 2 ** (len(getattr(model, "widths", (0,))) - 1)
+    x = nn.functional.pad(x, (0, -sw % multiple, 0, -sh % multiple))
+    parameter = next(model.parameters(), None)
+    if parameter is not None:
+        x = x.to(parameter.device, parameter.dtype)
     with torch.no_grad():
-        logits = model(torch.from_numpy(subsample(features, scale))[None])
+        logits = model(x)[..., :sh, :sw].float().cpu()
         logits = nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0]
     p_object = torch.softmax(logits[:2], dim=0)[1].numpy()
     p_boundary = torch.sigmoid(logits[2]).numpy()
@@ -323,6 +344,21 @@ def segment(model: nn.Module, points, colors, width, height, *, plane=None, scal
     return out_semantic, out_instance
 
 
+def scan_arrays(item: dict) -> dict:
+    """A ``MOSD`` item -> the numpy arrays ``prepare_scan``, ``segment`` and ``metrics.score_mosd_scan`` take: points, colors
+    ([N, 3] in [0, 1]), labels, raw (part ids), valid, width, height."""
+    return {"points": np.asarray(item["points"]), "colors": np.asarray(item["features"]),
+            "labels": np.asarray(item["labels"]), "raw": np.asarray(item["instance"]),
+            "valid": np.asarray(item["valid"]), "width": item["width"], "height": item["height"]}
+
+
+def prepare_item(item: dict, scale: int = SCALE) -> dict:
+    """``prepare_scan`` of a ``MOSD(merge_parts=False)`` item."""
+    a = scan_arrays(item)
+    return prepare_scan(a["points"], a["colors"], a["labels"], a["raw"], a["valid"], a["width"], a["height"],
+                        scale=scale)
+
+
 def prepare_scan(points, colors, labels, raw_instance, valid, width, height, *, plane=None,
                  scale: int = SCALE) -> dict:
     """One labelled scan -> training arrays at 1/``scale``: features [11, h, w] float32, semantic and boundary
@@ -366,8 +402,8 @@ def segmentation_loss(logits: torch.Tensor, semantic: torch.Tensor, boundary: to
     return loss
 
 
-def train_model(model: nn.Module, scans: list[dict], *, steps: int, batch_size: int = 4, lr: float = 2e-3,
-                weight_decay: float = 1e-4, crop: tuple[int, int] = CROP, seed: int = 0, log_every: int = 0,
+def train_model(model: nn.Module, scans: list[dict], *, steps: int, batch_size: int = BATCH_SIZE, lr: float = LR,
+                weight_decay: float = WEIGHT_DECAY, crop: tuple[int, int] = CROP, seed: int = SEED, log_every: int = 0,
                 log=print) -> list[float]:
     """Train ``model`` on ``prepare_scan`` outputs (module docstring); returns the loss of every step."""
     if not scans:
