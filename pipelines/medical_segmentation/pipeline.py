@@ -9,8 +9,9 @@ processed grid (RAS, `pixdim` spacing, brain-mask crop, z-score inside the brain
 (linear interpolation), where regions above `threshold` are painted into a class map (largest region first).
 Inference runs in sliding windows (`roi_size`, `overlap`, `blend`, `sw_batch_size`) whose stitching buffer
 follows `memory_budget_mib` (see `inference.sliding_window_predict`); `mirror_tta` averages mirrored windows.
-`keep_largest_component` keeps the largest connected component of the whole foreground and clears the rest (a
-lesion is one body; scattered false positives far from it cost Dice and dominate HD95).
+A case with a brain mask gets no label outside it (the chain zeroes the inputs there). `keep_largest_component`
+keeps the largest connected component of the whole foreground and clears the rest (a lesion is one body;
+scattered false positives far from it cost Dice and dominate HD95).
 
 Evaluation scores the class maps against the reference on the original grid: Dice and HD95 (mm) per region,
 with the empty-region policy of `metrics.region_scores`; `mtp run` writes the per-case rows to `cases.csv`.
@@ -213,6 +214,14 @@ class MedicalSegmentationPipeline(TaskPipeline):
         probabilities = restore_original_grid(output.float(), inputs["image"], inputs["reference"],
                                               transform=inputs["transform"], labels=False)
         labels = regions_to_labels(torch.from_numpy(probabilities > self.config["threshold"]), self.regions)
+        if item["case"].get("mask"):
+            # the chain zeroes the inputs outside the brain mask and crops to it: there is no tissue to label there,
+            # and interpolating coarse probabilities back to the grid must not spill across the mask's edge
+            brain = np.asarray(nib.load(item["case"]["mask"]).dataobj) > 0
+            if brain.shape != tuple(labels.shape):
+                raise InputError(f"{item['case']['mask']}: brain mask of shape {brain.shape}, but the image is "
+                                 f"{tuple(labels.shape)}")
+            labels[torch.from_numpy(~brain)] = 0
         if self.config["keep_largest_component"] and labels.any():
             from scipy import ndimage  # MONAI's KeepLargestConnectedComponent needs scikit-image for the same
 
@@ -348,7 +357,7 @@ class MedicalSegmentationPipeline(TaskPipeline):
         image, label = self._batch(batch)
         dice, losses = [], []
         for one, target in zip(image, label):
-            probs = self.predict_probabilities(one).to(target.device)
+            probs = self.predict_probabilities(one).to(target.device, torch.float32)  # bf16 autocast: 1 - 1e-6 -> 1
             pred = probs > self.config["threshold"]
             truth = target > 0.5
             for r in range(pred.shape[0]):

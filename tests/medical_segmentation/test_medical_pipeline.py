@@ -135,7 +135,7 @@ def test_recipe_trains_tests_per_region_and_exports_a_model_that_reloads(dataset
     recipe = load_recipe("segresnet_brats2015", [
         f"data.root={dataset}", "data.kwargs.patch_size=[16,16,16]", "data.kwargs.num_samples=2",
         "data.kwargs.repeats=3", "train.epochs=2", "train.threads=1", "options.roi_size=[32,32,16]",
-        "output.name=med_tiny"])
+        "output.name=med_tiny", "train.precision=32-true"])
     result = run(recipe, progress=False)
     metrics = result["metrics"]
     assert metrics["cases"] == 1 and set(BRATS_REGIONS) <= {k[:2] for k in metrics if k.endswith("_dice")}
@@ -162,7 +162,7 @@ def test_validation_scores_whole_volumes_by_sliding_window(dataset, tmp_path, mo
     recipe = load_recipe("segresnet_brats2015", [
         f"data.root={dataset}", "data.kwargs.patch_size=[16,16,16]", "data.kwargs.num_samples=1",
         "data.kwargs.repeats=1", "data.kwargs.val_fraction=0.5", "train.epochs=1", "train.threads=1",
-        "options.roi_size=[32,32,16]", "output.name=med_val"])
+        "options.roi_size=[32,32,16]", "output.name=med_val", "train.precision=32-true"])
     run(recipe, progress=False)
     log = (tmp_path / "runs" / "med_val" / "logs" / "metrics.csv").read_text().splitlines()
     header = log[0].split(",")
@@ -244,3 +244,21 @@ def test_keep_largest_component_clears_the_foreground_away_from_the_largest_lesi
     from scipy import ndimage
     assert ndimage.label(full > 0, structure=np.ones((3, 3, 3)))[1] == 2
     assert ndimage.label(kept > 0, structure=np.ones((3, 3, 3)))[1] == 1
+
+
+def test_nothing_is_labelled_outside_the_brain_mask(dataset, tmp_path):
+    """The chain zeroes inputs outside the brain mask; a prediction there (here every voxel of the processed grid
+    at probability 1, a hole cut into the mask) comes back as background on the original grid."""
+    import nibabel as nib
+
+    folder = tmp_path / "holed"
+    for f in (dataset / "test" / "case2").iterdir():
+        write(folder / f.name, np.asarray(nib.load(f).dataobj))
+    mask = np.asarray(nib.load(folder / "brainmask.nii.gz").dataobj).copy()
+    mask[12:20, 12:20, 6:12] = 0                      # a hole inside the mask's bounding box
+    write(folder / "brainmask.nii.gz", mask)
+    pipe = small_pipeline()
+    item = pipe.load(folder)
+    inputs = pipe.preprocess(item)
+    labels = np.asarray(pipe.postprocess(torch.ones((3,) + tuple(inputs["image"].shape[1:])), item, inputs)["labels"])
+    assert (labels[mask == 0] == 0).all() and (labels[mask > 0] == 4).all()
