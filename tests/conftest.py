@@ -33,6 +33,12 @@ def fixtures_dir(shared) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fixture_folder(fixtures_dir):
+    """name -> ../shared/fixtures/<name>, through `need` (missing: a failure in CI, a skip elsewhere)."""
+    return lambda name: need(fixtures_dir / name)
+
+
+@pytest.fixture(scope="session")
 def weights_dir(shared) -> Path:
     return need(shared / "weights")
 

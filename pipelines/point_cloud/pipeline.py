@@ -726,17 +726,12 @@ class PointCloudSegmentationPipeline(_PointCloudPipeline):
                              str(item.get("id", "")), overwrite=True)]
 
 
-class SegmentationCrops(torch.utils.data.Dataset):
-    """Training crops from scene datasets (items with points, features, labels, optional valid): invalid points
-    dropped, grid-sampled once per scene (mode "center", cached), then per item a kNN sphere crop of
-    `points` points around a random sampled point (a scene with fewer points is repeated cyclically), centred
-    on its centroid; with `augment`, a random rotation about z, scale in [0.9, 1.1] and Gaussian jitter
-    (0.25 * grid size). Draws are seeded by (seed, epoch, index): an epoch is reproducible."""
+class _SceneCrops(torch.utils.data.Dataset):
+    """What the crop datasets share: `crops_per_scene` items per scene, scenes prepared once and cached, draws
+    seeded by (seed, epoch, index)."""
 
-    def __init__(self, scenes, grid_size: float, points: int, crops_per_scene: int, seed: int = 0,
-                 augment: bool = True, in_channels: int = 3):
-        self.scenes, self.grid_size, self.points = scenes, grid_size, points
-        self.crops_per_scene, self.seed, self.augment, self.in_channels = crops_per_scene, seed, augment, in_channels
+    def __init__(self, scenes, crops_per_scene: int, seed: int, augment: bool):
+        self.scenes, self.crops_per_scene, self.seed, self.augment = scenes, crops_per_scene, seed, augment
         self.epoch = 0
         self._cache: dict[int, tuple] = {}
 
@@ -746,18 +741,36 @@ class SegmentationCrops(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.scenes) * self.crops_per_scene
 
+    def _valid_points(self, index: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """(item, points float [N, 3], valid bool [N]) of scene `index`; a scene without a valid point is refused."""
+        item = self.scenes[index]
+        points = torch.as_tensor(item["points"]).float()
+        valid = torch.isfinite(points).all(1)
+        if "valid" in item:
+            valid &= torch.as_tensor(item["valid"]).bool()
+        if not bool(valid.any()):
+            raise InputError(f"scene {item.get('id', index)}: no valid point")
+        return item, points, valid
+
+
+class SegmentationCrops(_SceneCrops):
+    """Training crops from scene datasets (items with points, features, labels, optional valid): invalid points
+    dropped, grid-sampled once per scene (mode "center", cached), then per item a kNN sphere crop of
+    `points` points around a random sampled point (a scene with fewer points is repeated cyclically), centred
+    on its centroid; with `augment`, a random rotation about z, scale in [0.9, 1.1] and Gaussian jitter
+    (0.25 * grid size). Draws are seeded by (seed, epoch, index): an epoch is reproducible."""
+
+    def __init__(self, scenes, grid_size: float, points: int, crops_per_scene: int, seed: int = 0,
+                 augment: bool = True, in_channels: int = 3):
+        super().__init__(scenes, crops_per_scene, seed, augment)
+        self.grid_size, self.points, self.in_channels = grid_size, points, in_channels
+
     def _scene(self, index: int):
         if index not in self._cache:
             from mtp.kernels import grid_sample
 
-            item = self.scenes[index]
-            points = torch.as_tensor(item["points"]).float()
-            valid = torch.isfinite(points).all(1)
-            if "valid" in item:
-                valid &= torch.as_tensor(item["valid"]).bool()
+            item, points, valid = self._valid_points(index)
             points = points[valid]
-            if len(points) == 0:
-                raise InputError(f"scene {item.get('id', index)}: no valid point")
             keep = grid_sample(points, self.grid_size, mode="center").index
             feats = torch.as_tensor(item["features"])[valid][keep]
             rgb = feats[:, :3].numpy() if feats.shape[1] >= 3 else None
@@ -791,7 +804,7 @@ class SegmentationCrops(torch.utils.data.Dataset):
         return {key: torch.stack([b[key] for b in batch]) for key in batch[0]}
 
 
-class VoxelCrops(torch.utils.data.Dataset):
+class VoxelCrops(_SceneCrops):
     """Training items of voxel-dict models, after the official S3DIS train transforms as far as this pipeline's
     options go: invalid points dropped; per item, the scene augmented (`augment`: the pipeline's rotation about z
     about the centroid, scale in [0.9, 1.1], Gaussian jitter 0.25 * voxel_size), voxelised with a random point per
@@ -804,26 +817,12 @@ class VoxelCrops(torch.utils.data.Dataset):
 
     def __init__(self, scenes, voxel_size: float, points: int | None, crops_per_scene: int, seed: int = 0,
                  augment: bool = True, normals: bool = False):
-        self.scenes, self.voxel_size, self.points = scenes, voxel_size, points
-        self.crops_per_scene, self.seed, self.augment, self.normals = crops_per_scene, seed, augment, normals
-        self.epoch = 0
-        self._cache: dict[int, tuple] = {}
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self):
-        return len(self.scenes) * self.crops_per_scene
+        super().__init__(scenes, crops_per_scene, seed, augment)
+        self.voxel_size, self.points, self.normals = voxel_size, points, normals
 
     def _scene(self, index: int):
         if index not in self._cache:
-            item = self.scenes[index]
-            points = torch.as_tensor(item["points"]).float()
-            valid = torch.isfinite(points).all(1)
-            if "valid" in item:
-                valid &= torch.as_tensor(item["valid"]).bool()
-            if not bool(valid.any()):
-                raise InputError(f"scene {item.get('id', index)}: no valid point")
+            item, points, valid = self._valid_points(index)
             feats = torch.as_tensor(item["features"]).float()[valid]
             rgb = feats[:, :3] if feats.shape[1] >= 3 else None
             xyz, normal = points[valid], None

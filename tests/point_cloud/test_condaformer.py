@@ -23,11 +23,8 @@ def entries(model):
 
 
 @pytest.fixture(scope="module")
-def folder(fixtures_dir):
-    path = fixtures_dir / "condaformer"
-    if not path.is_dir():
-        pytest.skip(f"shared fixture missing: {path}")
-    return path
+def folder(fixture_folder):
+    return fixture_folder("condaformer")
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,8 @@ TINY = dict(in_channels=6, out_channels=13, voxel_size=0.1, window_size=4, quant
 
 
 @pytest.fixture(scope="module")
-def folder(fixtures_dir):
-    path = fixtures_dir / "condaformer"
-    if not path.is_dir():
-        pytest.skip(f"shared fixture missing: {path}")
-    return path
+def folder(fixture_folder):
+    return fixture_folder("condaformer")
 
 
 @pytest.fixture(scope="module")
