@@ -50,10 +50,12 @@ METRICS.register("region_overlap", "mtp.pipelines.medical_segmentation.metrics:R
 
 TASKS.register("point_cloud_classification", "mtp.pipelines.point_cloud.pipeline:PointCloudClassificationPipeline",
                extra="pointcloud", description="point-cloud shape classification: a cloud -> class id, name and "
-                                               "probabilities (JSON) (PointNet++)")
+                                               "probabilities (JSON) (PointNet++, GPSFormer)")
 TASKS.register("point_cloud_segmentation", "mtp.pipelines.point_cloud.pipeline:PointCloudSegmentationPipeline",
                extra="pointcloud", description="point-cloud semantic segmentation of any size (grid sample, sphere "
-                                               "crops): the cloud with a pred label per point + a PNG (PointNet++)")
+                                               "crops; PointNet++, ConDaFormer) and object instances of organised "
+                                               "clouds (range_unet): the cloud with pred (and instance) labels per "
+                                               "point + a PNG")
 METRICS.register("point_segmentation", "mtp.pipelines.point_cloud.pipeline:SegmentationMetrics",
                  tasks=["point_cloud_segmentation"],
                  description="per-class IoU, mIoU, overall and mean class accuracy from one confusion matrix summed "
