@@ -246,3 +246,10 @@ BACKBONES.register("range_unet", "mtp.backbones.range_unet:RangeUNet",
                    dict(in_channels=11, out_channels=3, widths=(16, 32, 64, 128)), tasks=_PC_SEG, size_multiple=8,
                    description="2D U-Net over an organised cloud's pixel grid (0.48M params), range-image "
                                "segmentation as SqueezeSeg / RangeNet++; no released weights")
+# Our pixel-space video denoiser (backbones/video_unet.py): factorised 2D conv + temporal conv/attention, class
+# conditional with a null class for guidance; trained from scratch by recipes/video_generation/.
+BACKBONES.register("video_unet", "mtp.backbones.video_unet:VideoUNet",
+                   dict(in_channels=1, num_classes=10, widths=(32, 64, 128), attention_levels=(1, 2), patch_size=2),
+                   tasks=["video_generation"], size_multiple=8,
+                   description="factorised video U-Net (2.0M params): per-frame ResBlocks + temporal conv + temporal "
+                               "attention, class + null class, epsilon prediction; 2x2 patches, 32x32 frames")

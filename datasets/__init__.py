@@ -77,3 +77,7 @@ DATASETS.register("modelnet40_h5", f"{_PC}:modelnet_h5", {}, tasks=["point_cloud
                               "of 2,048, as stored (already in the unit sphere)")
 DATASETS.register("modelnet10", f"{_PC}:modelnet", dict(num_classes=10), tasks=["point_cloud_classification"],
                   description="ModelNet10 from the same folder (modelnet10_* lists)")
+
+DATASETS.register("moving_digits", "mtp.datasets.video_generation:MovingDigits", {}, tasks=["video_generation"],
+                  description="moving handwritten digits (scikit-learn digits, bouncing, seeded per item; train/test "
+                              "split of the handwriting); the video_generation pipeline builds it per split")

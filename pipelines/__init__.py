@@ -63,3 +63,11 @@ METRICS.register("point_segmentation", "mtp.pipelines.point_cloud.pipeline:Segme
 METRICS.register("point_classification", "mtp.pipelines.point_cloud.pipeline:ClassificationAccuracy",
                  tasks=["point_cloud_classification"],
                  description="overall accuracy and mean class accuracy (classes present in the reference)")
+
+TASKS.register("video_generation", "mtp.pipelines.video_generation.pipeline:VideoGenerationPipeline", extra="video",
+               description="class-conditional video generation (VideoUNet, DDIM / DPM-Solver++, guidance; plain, "
+                           "FreeLong or Video-Infinity temporal attention for long videos): MP4 / GIF / PNG grid per "
+                           "request")
+METRICS.register("diffusion_loss", "mtp.pipelines.video_generation.pipeline:DiffusionLossMetric",
+                 tasks=["video_generation"],
+                 description="epsilon-prediction MSE on held-out clips at fixed, evenly spread timesteps (seeded noise)")

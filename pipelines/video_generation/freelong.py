@@ -15,9 +15,10 @@ Numerics follow the official code (aniki-ly/FreeLong, LaVie and VideoCrafter2 ex
 - token layout: temporal tokens are [(B*H*W), T, C], batch outermost, (h, w) row-major.
 - the largest official level (40x64 latents = 2560 tokens) returns the local branch unblended.
 
-Each computation has a fast path (mtp.kernels attention; the local branch as banded block attention that never
-builds a T x T mask when the band is narrower than T; the blend with one pair of FFTs on the token layout) and a
-`*_reference` twin that follows the official code literally, with materialised masks, for the tests.
+Each computation has a fast path (mtp.kernels attention; the local branch as banded block attention that builds no
+T x T mask beyond 4 windows of frames, and one dense masked call below, where that is cheaper; the blend with one pair
+of real FFTs on the token layout) and a `*_reference` twin that follows the official code literally, with
+materialised masks, for the tests.
 
 Modules mirror the official layer names so the official state dicts load strictly: `LaVieFreeLongBlock`
 (LaVie's BasicTransformerBlock with `attn_temp` = `LaVieTemporalAttention`: rotary + T5 relative-position bias)
@@ -41,6 +42,7 @@ from mtp.kernels import attention
 OFFICIAL_D2HW = {2560: (40, 64), 640: (20, 32), 160: (10, 16), 40: (5, 8)}
 MASK_VARIANTS = ("adjusted", "strict")
 _FFT_DIMS = (-3, -2, -1)
+DENSE_BAND_WINDOWS = 4  # banded_attention: up to this many windows, one dense masked call (see there)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,16 @@ def _filters(t_len: int, h_len: int, w_len: int, d_s: float, d_t: float, device:
     return lpf.to(device), torch.fft.ifftshift(lpf, dim=_FFT_DIMS).to(device)
 
 
+@functools.lru_cache(maxsize=64)
+def _half_filters(t_len: int, h_len: int, w_len: int, d_s: float, d_t: float, device: torch.device):
+    """The unshifted filter made symmetric, Gs(k) = (G(k) + G(-k)) / 2, kept for T frequencies 0..T//2:
+    [T//2 + 1, H, W]. For real x, Re(ifftn(fftn(x) * G)) == irfftn(rfftn(x) * Gs): the real part only sees the
+    symmetric half of G (G is real), so the half spectrum is exact for odd sizes too (where G is not symmetric)."""
+    lpf = _filters(t_len, h_len, w_len, d_s, d_t, device)[1]
+    mirrored = torch.roll(lpf.flip(_FFT_DIMS), shifts=(1, 1, 1), dims=_FFT_DIMS)  # G(-k mod N)
+    return ((lpf + mirrored) / 2)[: t_len // 2 + 1].contiguous()
+
+
 def gaussian_low_pass_filter(shape, d_s: float = 0.25, d_t: float = 0.25, device=None) -> torch.Tensor:
     """FreeLong's Gaussian low-pass over (T, H, W), [T, H, W] float32 in centred (fftshift-ed) layout.
 
@@ -141,10 +153,11 @@ def spectral_blend_reference(global_x: torch.Tensor, local_x: torch.Tensor, lpf:
 
 def spectral_blend(global_x: torch.Tensor, local_x: torch.Tensor, d_s: float = 0.25, d_t: float = 0.25,
                    dims=_FFT_DIMS) -> torch.Tensor:
-    """The same blend, faster: local + Re(ifftn(fftn(global - local) * ifftshift(G))).
+    """The same blend, faster: local + irfftn(rfftn(global - local) * Gs), Gs the symmetric part of ifftshift(G).
 
-    Exact by linearity of the FFT and of `.real` (one transform pair instead of three transforms). `dims` are
-    the (T, H, W) axes of the inputs, so the token layout [B, H, W, T, C] works without a permute.
+    Exact by linearity of the FFT and of `.real` (one real transform pair over half the T frequencies instead of
+    three complex transforms; see `_half_filters`). `dims` are the (T, H, W) axes of the inputs, so the token
+    layout [B, H, W, T, C] works without a permute.
     """
     if global_x.shape != local_x.shape:
         raise ValueError(f"spectral_blend: branch shapes differ, {tuple(global_x.shape)} vs {tuple(local_x.shape)}")
@@ -152,16 +165,18 @@ def spectral_blend(global_x: torch.Tensor, local_x: torch.Tensor, d_s: float = 0
     if len(dims) != 3 or len(set(dims)) != 3:
         raise ValueError(f"spectral_blend: dims must name three distinct axes (T, H, W), got {dims}")
     shape = [global_x.shape[d] for d in dims]
-    lpf = _filters(*shape, float(d_s), float(d_t), global_x.device)[1]
-    # lay the [T, H, W] filter along `dims` for broadcasting
+    lpf = _half_filters(*shape, float(d_s), float(d_t), global_x.device)
+    # lay the [T//2 + 1, H, W] filter along `dims` for broadcasting
     order = sorted(range(3), key=lambda i: dims[i])
     view = [1] * global_x.dim()
-    for d, n in zip(dims, shape):
+    for d, n in zip(dims, (shape[0] // 2 + 1, *shape[1:])):
         view[d] = n
     lpf = lpf.permute(*order).reshape(view)
     local32 = local_x.float()
-    diff = torch.fft.fftn(global_x.float() - local32, dim=dims) * lpf
-    return (local32 + torch.fft.ifftn(diff, dim=dims).real).to(global_x.dtype)
+    t_dim, h_dim, w_dim = dims  # T listed last: the real transform halves the T axis
+    diff = torch.fft.rfftn(global_x.float() - local32, dim=(h_dim, w_dim, t_dim)) * lpf
+    return (local32 + torch.fft.irfftn(diff, s=(shape[1], shape[2], shape[0]), dim=(h_dim, w_dim, t_dim))
+            ).to(global_x.dtype)
 
 
 def _check_tokens(x: torch.Tensor, hw, name: str) -> tuple[int, int, int]:
@@ -281,8 +296,10 @@ def banded_attention(q, k, v, start: torch.Tensor, end: torch.Tensor, *, scale=N
 
     Queries go in blocks of `block` rows; each block attends to the smallest key span covering its rows (at most
     block + window keys), through mtp.kernels.attention with a bool mask [n_blocks, block, span]. Memory and
-    work are O(T * (block + window)) instead of O(T^2); no T x T mask is built unless the span reaches T (short
-    videos, T <= ~2 windows), when the blocks degenerate to dense attention with a [T, T] mask.
+    work are O(T * (block + window)) instead of O(T^2); no T x T mask is built unless the span reaches T. With
+    `block` None, videos of at most DENSE_BAND_WINDOWS windows go as one dense call with a [T, T] mask: there the
+    band's key gathers cost more than the keys they skip (CPU, T = 64, window 16: 6.4 ms banded vs 3.8 ms dense
+    per call at the VideoUNet's level-1 shapes; even at T = 128).
     `bias_fn(q_pos [nb, block], k_pos [nb, span])` may return an additive bias [..., nb, block, span]
     (LaVie's relative-position bias, evaluated only inside the band).
     """
@@ -294,6 +311,8 @@ def banded_attention(q, k, v, start: torch.Tensor, end: torch.Tensor, *, scale=N
         raise ValueError(f"banded_attention: start/end must be [T={t_len}], got {tuple(start.shape)}, "
                          f"{tuple(end.shape)}")
     width = int((end - start).max())
+    if block is None and t_len <= DENSE_BAND_WINDOWS * width:
+        block = t_len
     block = max(1, min(int(block or width), t_len))
     n_blocks = -(-t_len // block)
     pad = n_blocks * block - t_len
@@ -307,7 +326,10 @@ def banded_attention(q, k, v, start: torch.Tensor, end: torch.Tensor, *, scale=N
     keep = (k_pos[:, None, :] >= starts[:, :, None]) & (k_pos[:, None, :] < ends[:, :, None])  # [nb, block, span]
     qb = F.pad(q, (0, 0, 0, pad)) if pad else q
     qb = qb.reshape(*q.shape[:-2], n_blocks, block, q.shape[-1])
-    kb, vb = k[..., k_pos, :], v[..., k_pos, :]  # [..., nb, span, D]: the band's keys, O(T * span)
+    if n_blocks == 1 and span == t_len:  # one dense block: the keys as they are, no gather
+        kb, vb = k.unsqueeze(-3), v.unsqueeze(-3)
+    else:
+        kb, vb = k[..., k_pos, :], v[..., k_pos, :]  # [..., nb, span, D]: the band's keys, O(T * span)
     bias = None if bias_fn is None else bias_fn(rows, k_pos)
     out = attention(qb, kb, vb, bias=bias, mask=keep, scale=scale)
     return out.reshape(*q.shape[:-2], n_blocks * block, v.shape[-1])[..., :t_len, :]
@@ -636,13 +658,16 @@ class FreeLongAttnProcessor:
     to_out, heads, scale, norm_q/norm_k, residual_connection, rescale_output_factor); diffusers is not imported.
 
     Plain attention in both branches (as VideoCrafter2), `config.mask` selects the local window. The frame size
-    is `hw` when set (set it per call site with `set_hw`), else table[rows // batch_size].
+    is `hw` when set (set it per call site with `set_hw`), else table[rows // batch_size]. `reference=True`
+    computes as the official code does (dense softmax attention, a materialised [T, T] local mask,
+    `spectral_blend_reference` on the [B, C, T, H, W] layout): the same result, for tests and benchmarks.
     """
 
     def __init__(self, config: FreeLongConfig | None = None, hw=None, batch_size: int | None = None,
-                 table=None):
+                 table=None, reference: bool = False):
         self.config = config or FreeLongConfig(mask="strict")
         self.hw, self.batch_size, self.table = hw, batch_size, table
+        self.reference = bool(reference)
 
     def set_hw(self, hw) -> None:
         self.hw = hw
@@ -668,15 +693,22 @@ class FreeLongAttnProcessor:
         if getattr(attn, "norm_k", None) is not None:
             k = attn.norm_k(k)
         cfg = self.config
-        start, end = local_window_bounds(hidden_states.shape[1], cfg.window, cfg.mask, device=q.device)
-        glob = attention(q, k, v, scale=attn.scale)
-        loc = banded_attention(q, k, v, start, end, scale=attn.scale, block=cfg.block)
+        if self.reference:
+            keep = local_mask_reference(hidden_states.shape[1], cfg.window, cfg.mask)
+            keep = (keep if keep.dtype == torch.bool else keep == 0).to(q.device)
+            sim = (q @ k.transpose(-1, -2)) * attn.scale
+            glob = sim.softmax(-1) @ v
+            loc = sim.masked_fill(~keep, float("-inf")).softmax(-1) @ v
+        else:
+            start, end = local_window_bounds(hidden_states.shape[1], cfg.window, cfg.mask, device=q.device)
+            glob = attention(q, k, v, scale=attn.scale)
+            loc = banded_attention(q, k, v, start, end, scale=attn.scale, block=cfg.block)
 
         def out(o):
             o = attn.to_out[0](_merge_heads(o).to(q.dtype))
             return attn.to_out[1](o) if len(attn.to_out) > 1 else o
 
-        hidden_states = _blend_or_local(out(glob), out(loc), hw, cfg, reference=False)
+        hidden_states = _blend_or_local(out(glob), out(loc), hw, cfg, reference=self.reference)
         if getattr(attn, "residual_connection", False):
             hidden_states = hidden_states + residual
         return hidden_states / getattr(attn, "rescale_output_factor", 1.0)

@@ -104,7 +104,8 @@ def test_every_recipe_validates_with_its_dataset_and_backbone_kwargs():
     for path in recipes:
         recipe = load_recipe(path)
         assert path.parent.name in ("forecasting", "image_restoration", "ts_classification", "speech_separation",
-                                    "speech_recognition", "medical_segmentation", "point_cloud"), \
+                                    "speech_recognition", "medical_segmentation", "point_cloud",
+                                    "video_generation"), \
             f"{path}: recipes live in recipes/<domain>/"
         TASKS.get(recipe.task)
         backbone = BACKBONES.get(recipe.backbone.name or TASKS.get(recipe.task).load().default_backbone)

@@ -294,3 +294,33 @@ def test_processor_runs_inside_a_real_diffusers_attention(vc2):
     layer.set_processor(fl.FreeLongAttnProcessor(fl.FreeLongConfig(mask="strict"), hw=(5, 8)))
     with torch.no_grad():
         close(layer(block.norm1(x)) + x, io["after_attn1"], atol)
+
+
+@pytest.mark.parametrize("mask", fl.MASK_VARIANTS)
+def test_processor_reference_equals_fast_path(vc2, mask):
+    """reference=True (dense softmax, materialised [T, T] mask, spectral_blend_reference) == the kernel path,
+    on the fixture's layer and on a length where the banded path skips most keys."""
+    block, io, atol = vc2
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        cases = ((block.norm1(io["hidden_states"]), (5, 8)), (torch.randn(2 * 3 * 4, 70, 16, generator=g), (3, 4)))
+        for x, hw in cases:
+            cfg = fl.FreeLongConfig(window=16, mask=mask, local_only_tokens=())
+            fast = fl.FreeLongAttnProcessor(cfg, hw=hw)(block.attn1, x)
+            ref = fl.FreeLongAttnProcessor(cfg, hw=hw, reference=True)(block.attn1, x)
+            close(ref, fast, max(atol, 1e-5))
+        close(fl.FreeLongAttnProcessor(fl.FreeLongConfig(mask="strict"), hw=(5, 8), reference=True)(
+            block.attn1, block.norm1(io["hidden_states"])) + io["hidden_states"], io["after_attn1"], atol)
+
+
+@pytest.mark.parametrize("length", [20, 64, 65, 100])
+def test_banded_attention_dense_shortcut_and_band_agree(length):
+    """Up to DENSE_BAND_WINDOWS windows the local branch is one dense masked call; beyond, the band: both equal
+    the masked reference on either side of the switch."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 3, length, 8, generator=g) for _ in range(3))
+    for variant in fl.MASK_VARIANTS:
+        start, end = fl.local_window_bounds(length, 16, variant)
+        cols = torch.arange(length)
+        keep = (cols[None] >= start[:, None]) & (cols[None] < end[:, None])
+        close(fl.banded_attention(q, k, v, start, end), attention_reference(q, k, v, mask=keep), 1e-5)
