@@ -1,4 +1,14 @@
-"""Video generation (task `video_generation`): class-conditional videos from our pixel-space VideoUNet.
+"""Video generation (task `video_generation`): class-conditional videos from our pixel-space VideoUNet, or
+text-to-video from a diffusers model folder.
+
+Models: `weights` a file is our VideoUNet; `weights` a folder is a diffusers UNet3D or AnimateDiff model
+(model_index.json, or a UNet2DConditionModel + motion_adapter; `motion_adapter` option for a separate adapter folder) loaded by
+diffusers_models.load_video_model. Its requests carry "prompt" (+ "negative_prompt") instead of "class"; the VAE
+decodes `decode_chunk` frames at a time (slicing on) and, with `output`, each chunk goes straight into the MP4
+(writers.Mp4Writer, renamed into place when complete). Frames beyond a motion module's position table extend it
+for the run. Defaults that differ by model (height/width, guidance_scale, eta): see MODEL_DEFAULTS.
+AnimateZero: a request's "image" (a file, read grey for 1-channel models, or an array) becomes frame 0
+(animatezero.py; `animatezero_window`, `animatezero_variant`); our model needs the image at its frame size.
 
 Inputs are generation requests: a class (id or name), a dict ``{"class": 3, "seed": 7, "frames": 64, "name":
 "three"}`` (only "class" is required), a list of those, or a JSON/YAML file holding one request or a list of
@@ -30,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -46,20 +57,22 @@ from mtp.pipelines.video_generation.sampling import BETA_SCHEDULES, SCHEDULERS, 
 REQUEST_SUFFIXES = (".json", ".yaml", ".yml")
 FORMATS = ("mp4", "gif", "png", "pt")
 TEMPORAL_METHODS = ("plain", "freelong", "video_infinity")
-REQUEST_KEYS = ("class", "seed", "frames", "name")
+REQUEST_KEYS = ("class", "prompt", "negative_prompt", "image", "seed", "frames", "name")
+# defaults that differ by model: (our VideoUNet, a diffusers text-to-video model); None in the options means these
+MODEL_DEFAULTS = {"guidance_scale": (2.0, 7.5), "eta": (1.0, 0.0)}
 
 
 @dataclass
 class VideoGenerationOptions:
     classes: Optional[list] = None      # class names in label order; None: "0".."num_classes-1"
     num_frames: int = 16                # frames per video unless a request says otherwise
-    height: int = 32
-    width: int = 32
+    height: Optional[int] = None        # None: 32 for our model; a diffusers model's own size (or the image's)
+    width: Optional[int] = None
     channels: int = 1
     scheduler: str = "ddim"             # ddim | dpmsolver++
     steps: int = 50
-    guidance_scale: float = 2.0         # classifier-free guidance; 1 = conditional model only
-    eta: float = 1.0                    # 1 stochastic (DDIM eta / SDE DPM-Solver++, seeded per sample); 0 deterministic
+    guidance_scale: Optional[float] = None  # classifier-free guidance; 1: conditional only (None: MODEL_DEFAULTS)
+    eta: Optional[float] = None         # 1 stochastic (DDIM eta / SDE DPM-Solver++, seeded per sample); 0 deterministic
     x0_prior_mean: Optional[float] = None  # data mean and variance (training pixels, [-1, 1] scale): shrink the
     x0_prior_var: Optional[float] = None   # low-SNR x0 estimates toward the mean (sampling.shrink_eps); None: off
     x0_prior_eps_var: float = 1e-3      # the model's epsilon error variance assumed by that shrinkage
@@ -76,6 +89,10 @@ class VideoGenerationOptions:
     clip_frames: int = 16               # Video-Infinity: frames per clip (the training clip length)
     infinity_context_frames: int = 8    # Video-Infinity: neighbour frames in local attention (<= clip_frames)
     infinity_global_frames: int = 16    # Video-Infinity: frames of the whole video every frame also attends to
+    animatezero_window: int = 16        # AnimateZero (requests with "image"): frames each frame attends to
+    animatezero_variant: str = "replace"  # replace | concat: how frame 0's key joins the window
+    decode_chunk: int = 8               # diffusers models: frames per VAE decode (VAE slicing on)
+    motion_adapter: Optional[str] = None  # diffusers: a MotionAdapter folder beside a Stable Diffusion folder
     beta_schedule: str = "squaredcos_cap_v2"  # the training noise schedule (sampling must use the same)
     num_train_timesteps: int = 1000
     label_dropout: float = 0.1          # training: share of labels replaced by the null class (for guidance)
@@ -83,20 +100,20 @@ class VideoGenerationOptions:
 
     def validate(self):
         choices = {"scheduler": SCHEDULERS, "temporal": TEMPORAL_METHODS, "beta_schedule": BETA_SCHEDULES,
-                   "freelong_mask": ("adjusted", "strict")}
+                   "freelong_mask": ("adjusted", "strict"), "animatezero_variant": ("replace", "concat")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(valid)}")
         for name in ("num_frames", "height", "width", "channels", "steps", "batch_size", "preview_scale",
-                     "freelong_window", "clip_frames", "num_train_timesteps"):
-            if getattr(self, name) < 1:
+                     "freelong_window", "clip_frames", "num_train_timesteps", "animatezero_window", "decode_chunk"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected an integer >= 1")
         if self.infinity_context_frames < 0 or self.infinity_global_frames < 0:
             raise ValueError("infinity_context_frames and infinity_global_frames must be >= 0")
         if self.infinity_context_frames > self.clip_frames:
             raise ValueError(f"infinity_context_frames={self.infinity_context_frames}: at most clip_frames="
                              f"{self.clip_frames} (context comes from the neighbouring clips only)")
-        if not 0 <= self.eta <= 1 or (self.scheduler != "ddim" and self.eta not in (0, 1)):
+        if self.eta is not None and (not 0 <= self.eta <= 1 or (self.scheduler != "ddim" and self.eta not in (0, 1))):
             raise ValueError(f"eta={self.eta}: expected 0..1 for scheduler='ddim', 0 or 1 for dpmsolver++")
         if (self.x0_prior_mean is None) != (self.x0_prior_var is None):
             raise ValueError("x0_prior_mean and x0_prior_var go together (both set, or both None)")
@@ -104,7 +121,7 @@ class VideoGenerationOptions:
             raise ValueError(f"x0_prior_var={self.x0_prior_var}, x0_prior_eps_var={self.x0_prior_eps_var}: expected > 0")
         if not self.fps > 0:
             raise ValueError(f"fps={self.fps}: expected > 0")
-        if self.guidance_scale < 0:
+        if self.guidance_scale is not None and self.guidance_scale < 0:
             raise ValueError(f"guidance_scale={self.guidance_scale}: expected >= 0")
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma={self.min_snr_gamma}: expected > 0 (or None for plain MSE)")
@@ -119,17 +136,23 @@ class VideoGenerationOptions:
 
 @dataclass
 class GeneratedVideo:
-    """One generated video: `video` [T, C, H, W] in [-1, 1] (MovingDigits' layout) and its request."""
+    """One generated video: `video` [T, C, H, W] in [-1, 1] (MovingDigits' layout) and its request (a class for our
+    model, a prompt for a diffusers one). `video` is None when it went straight to an MP4 and nothing else needed
+    it; `written` lists such files."""
 
-    video: torch.Tensor
-    class_id: int
-    class_name: str
+    video: Optional[torch.Tensor]
+    class_id: Optional[int]
+    class_name: Optional[str]
     seed: int
     name: str
+    prompt: Optional[str] = None
+    image: Optional[str] = None         # AnimateZero's first frame: its file, or "array"
+    frames: int = 0
+    written: list = field(default_factory=list)
 
     @property
     def num_frames(self) -> int:
-        return int(self.video.shape[0])
+        return int(self.video.shape[0]) if self.video is not None else self.frames
 
     def save(self, folder, formats=("mp4", "png"), fps: float = 8.0, overwrite: bool = False,
              preview_scale: int = 4) -> list[Path]:
@@ -137,11 +160,15 @@ class GeneratedVideo:
         anything is written unless `overwrite`."""
         folder = Path(folder)
         targets = [folder / f"{self.name}.{fmt}" for fmt in formats]
-        existing = [str(p) for p in targets if p.exists()]
+        existing = [str(p) for p in targets if p.exists() and p not in self.written]
         if existing and not overwrite:
             raise FileExistsError(f"{', '.join(existing)} exist(s); pass overwrite=True to replace")
         written = []
         for fmt, path in zip(formats, targets):
+            if path in self.written:
+                continue
+            if self.video is None:
+                raise ValueError(f"{self.name}: the frames were not kept (only {self.written} written)")
             if fmt == "mp4":
                 written.append(writers.write_mp4(self.video, path, fps=fps, overwrite=overwrite))
             elif fmt == "gif":
@@ -153,8 +180,20 @@ class GeneratedVideo:
         return written
 
     def record(self) -> dict:
-        return {"name": self.name, "class": self.class_id, "class_name": self.class_name, "seed": self.seed,
-                "frames": self.num_frames}
+        out = {"name": self.name, "seed": self.seed, "frames": self.num_frames}
+        out.update({"prompt": self.prompt} if self.prompt is not None else
+                   {"class": self.class_id, "class_name": self.class_name})
+        return {**out, **({"image": self.image} if self.image is not None else {})}
+
+
+class DiffusersVideo(torch.nn.Module):
+    """A diffusers video model (diffusers_models.VideoModel) as the pipeline's `model`: its networks are submodules,
+    so moving the pipeline's model moves them all."""
+
+    def __init__(self, video):
+        super().__init__()
+        self.unet, self.vae, self.text_encoder = video.unet, video.vae, video.text_encoder
+        self.video = video
 
 
 class DiffusionLossMetric:
@@ -183,8 +222,42 @@ class VideoGenerationPipeline(TaskPipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._noise = None
-        if self.config["classes"] is None and self.model is not None:
+        diffusers = self.video_model is not None
+        for name, defaults in MODEL_DEFAULTS.items():
+            if self.config[name] is None:
+                self.config[name] = defaults[diffusers]
+        if not diffusers:
+            self.config["height"] = self.config["height"] or 32
+            self.config["width"] = self.config["width"] or 32
+        if self.config["classes"] is None and self.model is not None and not diffusers:
             self.config["classes"] = [str(i) for i in range(int(getattr(self.model, "num_classes", 10)))]
+
+    # ------------------------------------------------------------------ diffusers models from disk
+    @staticmethod
+    def is_diffusers_folder(weights) -> bool:
+        """A folder is a diffusers model (model_index.json + components); our model's weights are one file."""
+        return bool(weights) and Path(str(weights)).expanduser().is_dir()
+
+    def build_model(self, backbone, weights, **kwargs):
+        """Our VideoUNet from its weights file, or a diffusers UNet3D / AnimateDiff folder (load_video_model;
+        a missing or broken component fails naming it)."""
+        if not self.is_diffusers_folder(weights):
+            return super().build_model(backbone, weights, **kwargs)
+        if backbone or kwargs:
+            raise OptionError(f"weights={weights} is a diffusers model folder: it brings its own networks, so "
+                              f"backbone={backbone!r} / backbone_kwargs={kwargs} cannot apply")
+        from mtp.pipelines.video_generation.diffusers_models import load_video_model
+
+        return DiffusersVideo(load_video_model(weights, motion_adapter=self.config["motion_adapter"]))
+
+    def _check_dtype(self, backbone) -> None:
+        if not self.is_diffusers_folder(self.weights):  # a diffusers folder runs in any dtype torch has
+            super()._check_dtype(backbone)
+
+    @property
+    def video_model(self):
+        """The loaded diffusers_models.VideoModel, or None for our VideoUNet."""
+        return self.model.video if isinstance(self.model, DiffusersVideo) else None
 
     # ------------------------------------------------------------------ noise schedule
     @property
@@ -301,25 +374,95 @@ class VideoGenerationPipeline(TaskPipeline):
         raise InputError(f"class {value!r}: not a class of this model; valid: ids 0..{len(classes) - 1} or names "
                          f"{classes}")
 
-    def _request(self, raw, index: int, where: str) -> dict:
+    def _request(self, raw, index: int, where: str, base: Optional[Path] = None) -> dict:
+        """A checked request: our model takes a class, a diffusers model a prompt (a bare value is either);
+        "image" (a file, relative to `base` when there, or an array) makes it an AnimateZero request."""
+        diffusers = self.video_model is not None
         if not isinstance(raw, dict):
-            raw = {"class": raw}
+            raw = {"prompt" if diffusers else "class": raw}
         unknown = [k for k in raw if k not in REQUEST_KEYS]
         if unknown:
             raise InputError(f"{where}: unknown request key(s) {unknown}; valid: {', '.join(REQUEST_KEYS)}")
-        if "class" not in raw:
-            raise InputError(f"{where}: a request needs 'class' (an id or a name)")
-        cid = self.class_id(raw["class"])
         frames = raw.get("frames", self.config["num_frames"])
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
             raise InputError(f"{where}: frames={frames!r}: expected an integer >= 1")
         seed = raw.get("seed", self.config["seed"] + index)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InputError(f"{where}: seed={seed!r}: expected an integer")
-        name = str(raw.get("name") or f"{self.config['classes'][cid]}_s{seed}_{frames}f")
+        request = {"seed": seed, "frames": frames}
+        if diffusers:
+            if "class" in raw:
+                raise InputError(f"{where}: 'class' is for our class-conditional VideoUNet; this model "
+                                 f"({self.weights}, diffusers {self.video_model.kind}) is text-to-video: give "
+                                 f"'prompt' (and optionally 'negative_prompt')")
+            for key in ("prompt", "negative_prompt"):
+                if key in raw and not isinstance(raw[key], str):
+                    raise InputError(f"{where}: {key}={raw[key]!r}: expected a string")
+            if not raw.get("prompt", "").strip():
+                raise InputError(f"{where}: a request to this text-to-video model needs a non-empty 'prompt'")
+            request.update(prompt=raw["prompt"], negative_prompt=raw.get("negative_prompt"))
+            stem = re.sub(r"[^A-Za-z0-9]+", "-", raw["prompt"]).strip("-")[:40] or "video"
+        else:
+            bad = [k for k in ("prompt", "negative_prompt") if k in raw]
+            if bad:
+                raise InputError(f"{where}: {bad[0]!r} needs a text-to-video diffusers model (weights=<folder with "
+                                 f"model_index.json>); this VideoUNet is class-conditional: give 'class'")
+            if "class" not in raw:
+                raise InputError(f"{where}: a request needs 'class' (an id or a name)")
+            request["class"] = self.class_id(raw["class"])
+            stem = self.config["classes"][request["class"]]
+        if raw.get("image") is not None:
+            request["image"], request["image_source"] = self._first_frame(raw["image"], where, base)
+        name = str(raw.get("name") or f"{stem}_s{seed}_{frames}f")
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise InputError(f"{where}: name={name!r}: expected a plain file name")
-        return {"class": cid, "seed": seed, "frames": frames, "name": name}
+        request["name"] = name
+        return request
+
+    def _first_frame(self, value, where: str, base: Optional[Path]) -> tuple[torch.Tensor, str]:
+        """AnimateZero's image as [C, H, W] in [-1, 1]: a file read with PIL (grey for a 1-channel model, else
+        RGB), a uint8 array [H, W(, C)] of pixels, or a float array/tensor [C, H, W] already in [-1, 1]. Our model
+        needs its frame size and channels exactly (an error naming both)."""
+        import numpy as np
+
+        channels = 3 if self.video_model is not None else self.config["channels"]
+        if isinstance(value, (str, Path)):
+            path = Path(value).expanduser()
+            if not path.is_absolute() and base is not None and (base / path).exists():
+                path = base / path
+            if not path.is_file():
+                raise InputError(f"{where}: image {value!r}: no such file")
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                with Image.open(path) as im:
+                    pixels = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+            except (UnidentifiedImageError, OSError) as err:
+                raise InputError(f"{where}: image {path}: not a readable image ({err})") from None
+            source = str(path)
+        else:
+            pixels, source = value, "array"
+        if isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8:
+            image = torch.from_numpy(np.array(pixels)).float() / 127.5 - 1
+            image = image[None] if image.dim() == 2 else image.permute(2, 0, 1)
+        else:
+            try:
+                image = torch.as_tensor(pixels).detach().float().cpu()
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise InputError(f"{where}: image: expected a file path or an array, got {type(value).__name__} "
+                                 f"({err})") from None
+            image = image[None] if image.dim() == 2 else image
+            if image.numel() and (image.min() < -1 or image.max() > 1):
+                raise InputError(f"{where}: image values [{float(image.min()):.3g}, {float(image.max()):.3g}]: "
+                                 f"float arrays must be in [-1, 1] (or give uint8 pixels)")
+        c = self.config
+        want = (channels, c["height"] or image.shape[-2], c["width"] or image.shape[-1]) if image.dim() == 3 else None
+        if want is None or tuple(image.shape) != want:
+            frames = ("frames" if self.video_model is not None else
+                      "VideoUNet's frames (options height, width, channels)")
+            raise InputError(f"{where}: image {source} is [C, H, W] = {list(image.shape)}, but the model's "
+                             f"{frames} are {list(want) if want else [channels, c['height'], c['width']]}")
+        return image, source
 
     def load(self, source):
         if isinstance(source, (str, Path)) and (Path(source).suffix.lower() in REQUEST_SUFFIXES or
@@ -336,7 +479,7 @@ class VideoGenerationPipeline(TaskPipeline):
             items = raw if isinstance(raw, list) else [raw]
             if not items or raw is None:
                 raise InputError(f"{path}: no requests (expected a request or a list of requests)")
-            requests = [self._request(r, i, f"{path}, request {i}") for i, r in enumerate(items)]
+            requests = [self._request(r, i, f"{path}, request {i}", path.parent) for i, r in enumerate(items)]
             return {"requests": requests, "source": str(path), "single": False}
         return {"requests": [self._request(source, 0, "request")], "source": "request", "single": True}
 
@@ -348,10 +491,17 @@ class VideoGenerationPipeline(TaskPipeline):
         return item
 
     def forward(self, inputs: list[dict]) -> list:
+        """Our model: class requests batched by frame count, AnimateZero (image) requests one by one; a diffusers
+        model: one request at a time."""
         flat = [r for one in inputs for r in one["requests"]]
         videos = {}
-        for frames in sorted({r["frames"] for r in flat}):
-            group = [i for i, r in enumerate(flat) if r["frames"] == frames]
+        for i, r in enumerate(flat):
+            if self.video_model is not None:
+                videos[i] = self._diffusers_video(r)
+            elif "image" in r:
+                videos[i] = self._animate(r)
+        for frames in sorted({r["frames"] for i, r in enumerate(flat) if i not in videos}):
+            group = [i for i, r in enumerate(flat) if r["frames"] == frames and i not in videos]
             out = self.generate_videos([flat[i]["class"] for i in group], frames, [flat[i]["seed"] for i in group],
                                        names=[flat[i]["name"] for i in group])
             videos.update(zip(group, out))
@@ -390,6 +540,10 @@ class VideoGenerationPipeline(TaskPipeline):
         if self.config["temporal"] == "video_infinity":
             record.update({k: self.config[k] for k in ("clip_frames", "infinity_context_frames",
                                                        "infinity_global_frames")})
+        if self.video_model is not None:
+            record.update(model=f"diffusers {self.video_model.kind}: {self.weights}",
+                          decode_chunk=self.config["decode_chunk"])
+        record.update({k: self.config[k] for k in ("animatezero_window", "animatezero_variant")})
         return record
 
     def __call__(self, inputs, output=None, batch_size: int = 1, num_workers: int = 0, overwrite: bool = False,
@@ -410,9 +564,13 @@ class VideoGenerationPipeline(TaskPipeline):
             if clash and not overwrite:
                 raise FileExistsError(f"{', '.join(clash[:5])}{' ...' if len(clash) > 5 else ''} exist(s); pass "
                                       f"overwrite=True (--overwrite) to replace, or another output folder")
-            videos = self.forward([{"requests": requests}])[0]
             report = RunReport(output=str(folder))
+            if self.video_model is not None:  # MP4s are written chunk by chunk as the VAE decodes
+                videos = [self._diffusers_to_folder(r, folder, overwrite) for r in requests]
+            else:
+                videos = self.forward([{"requests": requests}])[0]
             for v in videos:
+                report.written += [str(p) for p in v.written]
                 report.written += [str(p) for p in v.save(folder, self.config["formats"], self.config["fps"],
                                                           overwrite, self.config["preview_scale"])]
                 report.items_written += 1
@@ -427,9 +585,10 @@ class VideoGenerationPipeline(TaskPipeline):
 
     # ------------------------------------------------------------------ generation
     @contextlib.contextmanager
-    def temporal_method(self, num_frames: int):
-        """Install the `temporal` option's processors on the model's TemporalAttention layers for one run
-        (Video-Infinity installs its own, per clip, inside its sampler)."""
+    def temporal_method(self, num_frames: int, model=None, table=None, batch_size=None):
+        """Install the `temporal` option's processors on the temporal attention layers of `model` (default: ours)
+        for one run (Video-Infinity installs its own, per clip, inside its sampler). A diffusers model's layers
+        do not know their frame size: FreeLong finds it as table[rows // batch_size] (tokens per frame -> (H, W))."""
         method = self.config["temporal"]
         if method in ("plain", "video_infinity"):
             yield
@@ -439,8 +598,10 @@ class VideoGenerationPipeline(TaskPipeline):
 
         config = FreeLongConfig(window=self.config["freelong_window"], d_s=self.config["freelong_d_s"],
                                 d_t=self.config["freelong_d_t"], mask=self.config["freelong_mask"],
-                                local_only_tokens=())
-        handle = install_temporal_processor(self.model, lambda name, module: FreeLongAttnProcessor(config))
+                                **({} if model is not None else {"local_only_tokens": ()}))
+        handle = install_temporal_processor(model if model is not None else self.model,
+                                            lambda name, module: FreeLongAttnProcessor(config, table=table,
+                                                                                       batch_size=batch_size))
         try:
             yield
         finally:
@@ -449,6 +610,9 @@ class VideoGenerationPipeline(TaskPipeline):
     def generate_videos(self, classes, frames: int | None = None, seeds=None, names=None, progress=None,
                         step_hook=None) -> list[GeneratedVideo]:
         """Generate one video per class (ids or names) with this pipeline's sampling options."""
+        if self.video_model is not None:
+            raise OptionError("generate_videos makes class-conditional videos with our VideoUNet; this pipeline runs a "
+                              "diffusers text-to-video model: call it with prompt requests")
         c = self.config
         ids = [self.class_id(x) for x in classes]
         frames = c["num_frames"] if frames is None else frames
@@ -493,3 +657,93 @@ class VideoGenerationPipeline(TaskPipeline):
                                       clip_frames=c["clip_frames"], config=config, channels=c["channels"],
                                       seeds=seeds[i:i + c["batch_size"]], eta=c["eta"], x0_prior=prior, **common))
         return torch.cat(out)
+
+    def _animate(self, r: dict) -> GeneratedVideo:
+        """AnimateZero with our VideoUNet: frame 0 is the request's image exactly."""
+        from mtp.pipelines.video_generation.animatezero import animate
+
+        c = self.config
+        if c["temporal"] != "plain":
+            raise OptionError(f"temporal={c['temporal']!r}: AnimateZero (a request with 'image') installs its own "
+                              f"temporal attention; use temporal='plain'")
+        prior = None if c["x0_prior_mean"] is None else (c["x0_prior_mean"], c["x0_prior_var"], c["x0_prior_eps_var"])
+        try:
+            video = animate(self.model, r["image"], [r["class"]], r["frames"], window=c["animatezero_window"],
+                            variant=c["animatezero_variant"], noise_seed=r["seed"], scheduler=c["scheduler"],
+                            steps=c["steps"], beta_schedule=c["beta_schedule"],
+                            num_train_timesteps=c["num_train_timesteps"], guidance_scale=c["guidance_scale"],
+                            seeds=[r["seed"]], batch_size=c["batch_size"], eta=c["eta"], x0_prior=prior)
+        except ValueError as err:
+            raise InputError(f"{r['name']}: {err}") from None
+        name = str(c["classes"][r["class"]])
+        return GeneratedVideo(video[0].transpose(0, 1).contiguous(), r["class"], name, r["seed"], r["name"],
+                              image=r["image_source"])
+
+    def _diffusers_video(self, r: dict, mp4=None, keep: bool = True) -> GeneratedVideo:
+        """One prompt request with the diffusers model (AnimateZero when it has an image). Each decoded chunk of
+        `decode_chunk` frames goes to `mp4` (a writers.Mp4Writer) as it is made; the frames are kept in memory
+        only if `keep`."""
+        from mtp.pipelines.video_generation import diffusers_models
+        from mtp.pipelines.video_generation.animatezero import animate_diffusers
+
+        c, video = self.config, self.video_model
+        kwargs = dict(negative_prompt=r["negative_prompt"], seeds=[r["seed"]], steps=c["steps"],
+                      guidance_scale=c["guidance_scale"], scheduler=c["scheduler"], eta=c["eta"],
+                      decode_chunk=c["decode_chunk"], vae_slicing=True)
+        kwargs.update({k: c[k] for k in ("height", "width") if c[k] is not None})
+        if "image" in r and c["temporal"] != "plain":
+            raise OptionError(f"temporal={c['temporal']!r}: AnimateZero (a request with 'image') installs its own "
+                              f"temporal attention; use temporal='plain'")
+        if c["temporal"] == "video_infinity":
+            from mtp.pipelines.video_generation.video_infinity import VideoInfinityConfig
+
+            if r["frames"] % c["clip_frames"]:
+                raise InputError(f"frames={r['frames']}: temporal='video_infinity' needs a multiple of "
+                                 f"clip_frames={c['clip_frames']}")
+            kwargs.update(clip_frames=c["clip_frames"], video_infinity=VideoInfinityConfig(
+                context_frames=c["infinity_context_frames"], global_frames=c["infinity_global_frames"]))
+        table = None
+        if c["temporal"] == "freelong":  # each UNet level's latent frame size (stride-2 downsampling rounds up)
+            f = video.vae_scale_factor
+            sample = video.unet.config.sample_size
+            sample = sample[0] if isinstance(sample, (list, tuple)) else sample
+            h, w = kwargs.get("height", (sample or 32) * f) // f, kwargs.get("width", (sample or 32) * f) // f
+            table = {}
+            for _ in range(len(video.unet.config.block_out_channels)):
+                table[h * w] = (h, w)
+                h, w = -(-h // 2), -(-w // 2)
+        chunks = []
+
+        def writer(start, frames):  # frames [1, n, 3, H, W] in [-1, 1]
+            frames = frames[0].float().cpu()
+            if mp4 is not None:
+                mp4.write(frames)
+            if keep:
+                chunks.append(frames)
+
+        try:
+            with self.temporal_method(r["frames"], video.unet, table, 2 if c["guidance_scale"] > 1 else 1):
+                if "image" in r:
+                    animate_diffusers(video, r["prompt"], image=r["image"], num_frames=r["frames"],
+                                      window=c["animatezero_window"], variant=c["animatezero_variant"],
+                                      noise_seed=r["seed"], writer=writer, **kwargs)
+                else:
+                    diffusers_models.generate_video(video, r["prompt"], num_frames=r["frames"], writer=writer, **kwargs)
+        except ValueError as err:
+            raise InputError(f"{r['name']}: {err}") from None
+        return GeneratedVideo(torch.cat(chunks) if keep else None, None, None, r["seed"], r["name"],
+                              prompt=r["prompt"], image=r.get("image_source"), frames=r["frames"])
+
+    def _diffusers_to_folder(self, r: dict, folder: Path, overwrite: bool) -> GeneratedVideo:
+        """One diffusers request into `folder`: the MP4 streamed (atomically) while decoding, then the other
+        formats, which are the only reason to keep the frames."""
+        c = self.config
+        keep = any(f != "mp4" for f in c["formats"])
+        if "mp4" not in c["formats"]:
+            v = self._diffusers_video(r)
+        else:
+            with writers.Mp4Writer(folder / f"{r['name']}.mp4", fps=c["fps"], overwrite=overwrite) as mp4:
+                v = self._diffusers_video(r, mp4, keep)
+            v.written.append(mp4.path)
+        v.written += v.save(folder, c["formats"], c["fps"], overwrite, c["preview_scale"])
+        return v

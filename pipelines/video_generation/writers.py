@@ -3,11 +3,12 @@
 Frames come in as a video tensor [T, C, H, W] in [-1, 1] (MovingDigits' layout) or uint8 [T, H, W, 3]; one
 channel is repeated to RGB. H.264 with yuv420p needs even sizes: an odd height or width is padded by one black
 (edge-replicated) row/column at the bottom/right, so the MP4 may be one pixel larger than the frames (GIF and
-PNG keep the exact size). MP4 frames are streamed to the encoder one at a time into a temporary file that is
-renamed onto the target once complete.
+PNG keep the exact size). MP4 frames are streamed to the encoder (`Mp4Writer`, chunk by chunk as a sampler decodes
+them) into a temporary file that is renamed onto the target once complete.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -41,27 +42,66 @@ def _even(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
-def write_mp4(video, path, fps: float = 8.0, overwrite: bool = False, crf: int = 18) -> Path:
-    """H.264 MP4 (yuv420p, constant frame rate `fps`); see the module docstring for odd sizes."""
-    import av
+class Mp4Writer:
+    """H.264 MP4 (yuv420p, constant frame rate `fps`) written incrementally: `write` takes chunks of frames as they
+    are made (only one chunk in memory), into a temporary file renamed onto `path` when the `with` block ends
+    without an error (an error leaves nothing behind). See the module docstring for odd sizes."""
 
-    frames = to_uint8_frames(video)
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            rate = Fraction(fps).limit_denominator(1001)
-            stream = container.add_stream("libx264", rate=rate)
-            h, w = _even(frames[0]).shape[:2]
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(_even(frame), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
+    def __init__(self, path, fps: float = 8.0, overwrite: bool = False, crf: int = 18):
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.path, self.fps, self.overwrite, self.crf = Path(path), fps, overwrite, crf
+        self.frames = 0
+        self._stack = self._container = self._stream = None
+
+    def __enter__(self) -> "Mp4Writer":
+        import av
+
+        self._stack = contextlib.ExitStack()
+        with self._stack:  # a failure to open unwinds (no temporary left)
+            tmp = self._stack.enter_context(atomic_path(self.path, overwrite=self.overwrite))
+            self._container = self._stack.enter_context(av.open(str(tmp), mode="w", format="mp4"))
+            self._stack = self._stack.pop_all()
+        return self
+
+    def write(self, video) -> None:
+        """Append frames: [n, C, H, W] in [-1, 1] or uint8 [n, H, W, 3] (to_uint8_frames), all of one size."""
+        import av
+
+        if self._container is None:
+            raise RuntimeError("Mp4Writer.write outside its `with` block")
+        frames = to_uint8_frames(video)
+        h, w = _even(frames[0]).shape[:2]
+        if self._stream is None:
+            self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+            self._stream.width, self._stream.height, self._stream.pix_fmt = w, h, "yuv420p"
+            self._stream.options = {"crf": str(self.crf)}
+        elif (h, w) != (self._stream.height, self._stream.width):
+            raise ValueError(f"{self.path}: frames of {h}x{w} after frames of {self._stream.height}x"
+                             f"{self._stream.width}; a video has one frame size")
+        for frame in frames:
+            for packet in self._stream.encode(av.VideoFrame.from_ndarray(_even(frame), format="rgb24")):
+                self._container.mux(packet)
+        self.frames += len(frames)
+
+    def __exit__(self, exc_type, exc, tb):
+        stack, self._stack, container, self._container = self._stack, None, self._container, None
+        if exc_type is not None:
+            return stack.__exit__(exc_type, exc, tb)
+        with stack:  # an error here still unwinds: no partial file is renamed into place
+            if self._stream is None:
+                raise ValueError(f"{self.path}: no frames were written")
+            for packet in self._stream.encode():
                 container.mux(packet)
-    return path
+        return False
+
+
+def write_mp4(video, path, fps: float = 8.0, overwrite: bool = False, crf: int = 18) -> Path:
+    """A whole video as H.264 MP4 (Mp4Writer in one chunk)."""
+    frames = to_uint8_frames(video)
+    with Mp4Writer(path, fps=fps, overwrite=overwrite, crf=crf) as writer:
+        writer.write(frames)
+    return Path(path)
 
 
 def write_gif(video, path, fps: float = 8.0, overwrite: bool = False, scale: int = 1) -> Path:

@@ -232,3 +232,136 @@ def test_writers_odd_sizes_and_rgb(tmp_path):
         writers.to_uint8_frames(torch.zeros(2, 2, 4, 4))
     with pytest.raises(FileExistsError):
         writers.write_png_grid(video, tmp_path / "g.png") and writers.write_png_grid(video, tmp_path / "g.png")
+
+
+# ---------------------------------------------------------------------------- diffusers folders and AnimateZero
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    from tests.video_generation.diffusers_tiny import save_tiny_video_model
+
+    root = tmp_path_factory.mktemp("diffusers")
+    return {kind: save_tiny_video_model(root / kind.replace("+", "_"), kind) for kind in ("unet3d", "unet2d+adapter")}
+
+
+@pytest.mark.parametrize("kind", ["unet3d", "unet2d+adapter"])
+def test_diffusers_folder_through_pipeline(tiny_folders, kind, tmp_path):
+    torch.set_num_threads(1)
+    pipe = Pipeline("video_generation", weights=str(tiny_folders[kind]), device="cpu", steps=2, decode_chunk=3)
+    assert pipe.video_model.kind == ("unet3d" if kind == "unet3d" else "animatediff")
+    assert pipe.config["guidance_scale"] == 7.5 and pipe.config["eta"] == 0.0  # diffusers defaults
+    report = pipe({"prompt": "a cat", "seed": 3, "frames": 8}, output=str(tmp_path), formats=["mp4", "png", "pt"])
+    assert report.items_written == 1 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a-cat_s3_8f.mp4", "a-cat_s3_8f.png", "a-cat_s3_8f.pt"]  # the MP4 came in 3 chunks, no temporaries left
+    frames, _ = read_mp4(tmp_path / "a-cat_s3_8f.mp4")
+    saved = torch.load(tmp_path / "a-cat_s3_8f.pt")
+    assert frames.shape == (8, 16, 16, 3) and saved.shape == (8, 3, 16, 16)
+    # the MP4 holds the video: compared on brightness (H.264's 4:2:0 halves the colour resolution of the noise-like
+    # frames a random model makes)
+    assert np.abs(frames.astype(float).mean(-1) - writers.to_uint8_frames(saved).astype(float).mean(-1)).mean() < 8
+    again = pipe({"prompt": "a cat", "seed": 3, "frames": 8})  # in memory: the same seeded video
+    torch.testing.assert_close(again.video, saved)
+    assert again.record() == {"name": "a-cat_s3_8f", "seed": 3, "frames": 8, "prompt": "a cat"}
+    with pytest.raises(InputError, match="'class' is for our class-conditional VideoUNet.*give 'prompt'"):
+        pipe({"class": 3})
+    with pytest.raises(InputError, match="needs a non-empty 'prompt'"):
+        pipe({"seed": 1})
+
+
+def test_diffusers_temporal_methods_and_long_videos(tiny_folders):
+    torch.set_num_threads(1)
+    pipe = Pipeline("video_generation", weights=str(tiny_folders["unet2d+adapter"]), device="cpu", steps=2)
+    request = {"prompt": "a dog", "seed": 1, "frames": 8}
+    base = pipe(request).video
+    freelong = pipe(request, temporal="freelong", freelong_window=2).video
+    infinity = pipe(request, temporal="video_infinity", clip_frames=4, infinity_context_frames=2,
+                    infinity_global_frames=4).video
+    assert freelong.shape == infinity.shape == (8, 3, 16, 16)
+    assert (freelong - base).abs().max() > 1e-4 and (infinity - base).abs().max() > 1e-4
+    torch.testing.assert_close(pipe(request).video, base)  # processors restored after each call
+    with pytest.raises(InputError, match="frames=6.*clip_frames=4"):
+        pipe({**request, "frames": 6}, temporal="video_infinity", clip_frames=4, infinity_context_frames=2)
+    assert pipe.video_model.max_frames == 32
+    long = pipe({**request, "frames": 40}, decode_chunk=16)  # beyond the 32-position table: extended for the run
+    assert long.video.shape == (40, 3, 16, 16) and pipe.video_model.max_frames == 32
+
+
+def test_diffusers_folder_missing_component_names_it(tmp_path):
+    from tests.video_generation.diffusers_tiny import save_tiny_video_model
+
+    folder = save_tiny_video_model(tmp_path / "half", "unet3d", skip=("vae",))
+    with pytest.raises(FileNotFoundError, match=r"lacks component 'vae'.*AutoencoderKL"):
+        Pipeline("video_generation", weights=str(folder), device="cpu")
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        Pipeline("video_generation", weights=str(tmp_path), device="cpu")
+
+
+def test_animatezero_through_pipeline_keeps_the_first_frame(tmp_path):
+    from PIL import Image
+
+    from mtp.pipelines.video_generation.pipeline import VideoGenerationPipeline
+
+    torch.set_num_threads(1)
+    pixels = (np.add.outer(np.arange(16), np.arange(16)) * 8).astype(np.uint8)
+    Image.fromarray(pixels).convert("RGB").save(tmp_path / "first.png")  # RGB file: read as grey for this model
+    random_pipe = VideoGenerationPipeline(model=random_model(), device="cpu", height=16, width=16, steps=3)
+    out = random_pipe({"class": 3, "image": str(tmp_path / "first.png"), "frames": 6, "seed": 2})
+    image = torch.from_numpy(pixels).float()[None] / 127.5 - 1
+    assert out.video.shape == (6, 1, 16, 16) and out.image == str(tmp_path / "first.png")
+    torch.testing.assert_close(out.video[0], image, rtol=0, atol=1e-5)  # frame 0 is the image exactly
+    plain = random_pipe({"class": 3, "frames": 6, "seed": 2})
+    assert (plain.video[1:] - out.video[1:]).abs().max() > 1e-3  # the other frames follow it
+    concat = random_pipe({"class": 3, "image": image, "frames": 6, "seed": 2}, animatezero_variant="concat")
+    torch.testing.assert_close(concat.video[0], image, rtol=0, atol=1e-5)
+    # a request file's image is found beside it; the manifest says which image was used
+    (tmp_path / "req.yaml").write_text("- {class: 3, image: first.png, frames: 4, name: anim}\n")
+    random_pipe(str(tmp_path / "req.yaml"), output=str(tmp_path / "out"))
+    manifest = json.loads((tmp_path / "out" / "req" / "manifest.json").read_text())
+    assert manifest["videos"][0]["image"] == str(tmp_path / "first.png")
+    assert read_mp4(tmp_path / "out" / "req" / "anim.mp4")[0].shape[0] == 4
+    Image.fromarray(np.zeros((20, 24), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(InputError, match=r"big.png is \[C, H, W\] = \[1, 20, 24\].*are \[1, 16, 16\]"):
+        random_pipe({"class": 3, "image": str(tmp_path / "big.png")})
+    with pytest.raises(InputError, match=r"array is \[C, H, W\] = \[3, 16, 16\].*are \[1, 16, 16\]"):
+        random_pipe({"class": 3, "image": np.zeros((16, 16, 3), np.uint8)})
+    with pytest.raises(InputError, match="'prompt' needs a text-to-video diffusers model"):
+        random_pipe({"prompt": "a cat"})
+    with pytest.raises(InputError, match="AnimateZero.*temporal=.plain."):  # the run reports the option error
+        random_pipe({"class": 3, "image": image}, temporal="freelong")
+
+
+def test_animatezero_on_animatediff_through_pipeline(tiny_folders, tmp_path):
+    from PIL import Image
+
+    from mtp.pipelines.video_generation.diffusers_models import decode_latents, encode_image
+
+    torch.set_num_threads(1)
+    pipe = Pipeline("video_generation", weights=str(tiny_folders["unet2d+adapter"]), device="cpu", steps=2)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (24, 16, 3), dtype=np.uint8)).save(tmp_path / "first.png")
+    out = pipe({"prompt": "a dog", "image": str(tmp_path / "first.png"), "frames": 8, "seed": 1})
+    assert out.video.shape == (8, 3, 24, 16)  # the image's size sets the frame size
+    # frame 0 is the VAE's decoding of the image's latent (AnimateZero pins the latent exactly)
+    image = torch.from_numpy(np.array(Image.open(tmp_path / "first.png"))).permute(2, 0, 1).float() / 127.5 - 1
+    latent = encode_image(pipe.video_model, image)
+    _, decoded = next(decode_latents(pipe.video_model, latent[:, :, None]))
+    torch.testing.assert_close(out.video[0], decoded[0, 0], rtol=0, atol=1e-4)
+    with pytest.raises(InputError, match=r"\[3, 24, 16\].*are \[3, 16, 16\]"):
+        pipe({"prompt": "a dog", "image": str(tmp_path / "first.png")}, height=16, width=16)
+
+
+def test_mp4_writer_streams_chunks_and_leaves_nothing_on_error(tmp_path):
+    video = torch.linspace(-1, 1, 6 * 16 * 16).reshape(6, 1, 16, 16)
+    with writers.Mp4Writer(tmp_path / "c.mp4", fps=4) as mp4:
+        mp4.write(video[:4])
+        mp4.write(video[4:])
+    assert mp4.frames == 6 and read_mp4(tmp_path / "c.mp4")[0].shape == (6, 16, 16, 3)
+    with pytest.raises(RuntimeError, match="decoder failed"):
+        with writers.Mp4Writer(tmp_path / "d.mp4") as mp4:
+            mp4.write(video[:2])
+            raise RuntimeError("decoder failed")
+    with pytest.raises(ValueError, match="one frame size"):
+        with writers.Mp4Writer(tmp_path / "e.mp4") as mp4:
+            mp4.write(video[:2])
+            mp4.write(torch.zeros(1, 1, 8, 8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4"]  # no partial files or temporaries
