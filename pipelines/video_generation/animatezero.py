@@ -29,7 +29,8 @@ from __future__ import annotations
 import torch
 
 from mtp.kernels import attention
-from mtp.pipelines.video_generation.temporal import install_temporal_processor, position_table_for
+from mtp.pipelines.video_generation.temporal import (attention_output, install_temporal_processor,
+                                                      position_table_for)
 
 VARIANTS = ("replace", "concat")
 _GATHER_BUDGET = 1 << 25  # elements of gathered keys per block (x2 with values)
@@ -116,12 +117,7 @@ class AnimateZeroAttnProcessor:
             qb = q[:, :, start:start + block, None]  # [n, H, b, 1, d]
             out.append(attention(qb, kb, vb, scale=attn.scale)[:, :, :, 0])
         o = torch.cat(out, dim=2).transpose(1, 2).reshape(n, t, heads * d).to(q.dtype)
-        o = attn.to_out[0](o)
-        if len(attn.to_out) > 1:
-            o = attn.to_out[1](o)
-        if getattr(attn, "residual_connection", False):
-            o = o + residual
-        return o / getattr(attn, "rescale_output_factor", 1.0)
+        return attention_output(attn, o, residual)
 
 
 def _layer_filter(layers):

@@ -121,22 +121,13 @@ def generate(model, class_labels, num_frames: int, height: int, width: int, chan
                 latents = latents * sched.init_noise_sigma
                 cond = labels[rows].to(device)
                 model_labels = torch.cat([cond, torch.full_like(cond, null)]) if guided else cond
+
+                def fresh_noise(gens=gens):
+                    return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, dtype)
+
                 for index, t in enumerate(sched.timesteps):
-                    x_in = sched.scale_model_input(latents, t)
-                    x_in = torch.cat([x_in, x_in]) if guided else x_in
-                    timesteps = torch.full((len(x_in),), int(t), device=device, dtype=torch.long)
-                    eps = model(x_in, timesteps, model_labels)
-                    if guided:
-                        eps_c, eps_u = eps.chunk(2)
-                        eps = eps_u + guidance_scale * (eps_c - eps_u)
-                    if x0_prior is not None:
-                        eps = shrink_eps(eps, x_in[:len(latents)], sched.alphas_cumprod[int(t)], *x0_prior)
-                    if eta:
-                        fresh = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, dtype)
-                        extra = {"eta": eta} if scheduler == "ddim" else {}
-                        latents = sched.step(eps, t, latents, variance_noise=fresh, **extra).prev_sample
-                    else:
-                        latents = sched.step(eps, t, latents).prev_sample
+                    latents = denoise_step(model, sched, latents, t, model_labels, guidance_scale,
+                                           x0_prior=x0_prior, eta=eta, kind=scheduler, fresh_noise=fresh_noise)
                     if step_hook is not None:
                         latents = step_hook(index, t, latents)
                     if callback is not None:
@@ -146,6 +137,27 @@ def generate(model, class_labels, num_frames: int, height: int, width: int, chan
     finally:
         model.train(was_training)
     return torch.cat(outputs)
+
+
+def denoise_step(model, sched, latents, t, model_labels, guidance_scale: float, *, x0_prior=None, eta: float = 0.0,
+                 kind: str = "ddim", fresh_noise=None) -> torch.Tensor:
+    """One sampling step: epsilon (classifier-free guided unless guidance_scale is 1, when `model_labels` holds the
+    conditional rows then the null rows), optionally shrunk by the x0 prior, then the scheduler's update (stochastic
+    with `fresh_noise()` when eta)."""
+    x_in = sched.scale_model_input(latents, t)
+    guided = guidance_scale != 1.0
+    x_in = torch.cat([x_in, x_in]) if guided else x_in
+    timesteps = torch.full((len(x_in),), int(t), device=latents.device, dtype=torch.long)
+    eps = model(x_in, timesteps, model_labels)
+    if guided:
+        eps_c, eps_u = eps.chunk(2)
+        eps = eps_u + guidance_scale * (eps_c - eps_u)
+    if x0_prior is not None:
+        eps = shrink_eps(eps, x_in[:len(latents)], sched.alphas_cumprod[int(t)], *x0_prior)
+    if eta:
+        extra = {"eta": eta} if kind == "ddim" else {}
+        return sched.step(eps, t, latents, variance_noise=fresh_noise(), **extra).prev_sample
+    return sched.step(eps, t, latents).prev_sample
 
 
 def shrink_eps(eps: torch.Tensor, x: torch.Tensor, alpha_bar, mean: float, var: float, eps_var: float) -> torch.Tensor:

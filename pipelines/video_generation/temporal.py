@@ -43,6 +43,17 @@ def _is_self_attention(attn) -> bool:
     return attn is not None and not getattr(attn, "is_cross_attention", False) and hasattr(attn, "set_processor")
 
 
+def attention_output(attn, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """A diffusers-style Attention's output path for a processor's merged heads: to_out (projection, dropout),
+    the residual when the layer has `residual_connection`, and its `rescale_output_factor`."""
+    out = attn.to_out[0](out)
+    if len(attn.to_out) > 1:
+        out = attn.to_out[1](out)
+    if getattr(attn, "residual_connection", False):
+        out = out + residual
+    return out / getattr(attn, "rescale_output_factor", 1.0)
+
+
 def temporal_attention_layers(model: nn.Module) -> "OrderedDict[str, nn.Module]":
     """name -> temporal self-attention module, in module order; an error when the model has none."""
     layers: OrderedDict[str, nn.Module] = OrderedDict()

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from mtp.kernels import attention
-from mtp.pipelines.video_generation.temporal import install_temporal_processor
+from mtp.pipelines.video_generation.temporal import attention_output, install_temporal_processor
 
 MODES = ("emulate", "distributed")
 
@@ -212,12 +212,7 @@ class DualScopeAttnProcessor:
         mask = self.masks(frames, n_global, x.device, q.dtype)[None, :, None, None]  # [1, n, 1, 1, F, L]
         out = attention(q, k, v, mask=mask, scale=attn.scale)  # [B, n, HW, heads, F, d]
         out = out.permute(0, 1, 2, 4, 3, 5).reshape(rows, frames, heads * d).to(q.dtype)
-        out = attn.to_out[0](out)
-        if len(attn.to_out) > 1:
-            out = attn.to_out[1](out)
-        if getattr(attn, "residual_connection", False):
-            out = out + residual
-        return out / getattr(attn, "rescale_output_factor", 1.0)
+        return attention_output(attn, out, residual)
 
 
 # ----------------------------------------------------------------------------------- temporal convolutions
@@ -306,26 +301,13 @@ def _denoise(model, latents, labels, null, scheduler, steps, guidance_scale, pro
              fresh_noise=None, x0_prior=None, kind="ddim"):
     from tqdm.auto import tqdm
 
-    from mtp.pipelines.video_generation.sampling import shrink_eps
+    from mtp.pipelines.video_generation.sampling import denoise_step
 
-    sched_steps = scheduler.timesteps
     guided = guidance_scale != 1.0
     model_labels = torch.cat([labels, torch.full_like(labels, null)]) if guided else labels
-    for t in tqdm(sched_steps, desc=desc, unit="step", disable=not progress):
-        x_in = scheduler.scale_model_input(latents, t)
-        x_in = torch.cat([x_in, x_in]) if guided else x_in
-        timesteps = torch.full((len(x_in),), int(t), device=latents.device, dtype=torch.long)
-        eps = model(x_in, timesteps, model_labels)
-        if guided:
-            eps_c, eps_u = eps.chunk(2)
-            eps = eps_u + guidance_scale * (eps_c - eps_u)
-        if x0_prior is not None:
-            eps = shrink_eps(eps, x_in[:len(latents)], scheduler.alphas_cumprod[int(t)], *x0_prior)
-        if eta:
-            extra = {"eta": eta} if kind == "ddim" else {}
-            latents = scheduler.step(eps, t, latents, variance_noise=fresh_noise(), **extra).prev_sample
-        else:
-            latents = scheduler.step(eps, t, latents).prev_sample
+    for t in tqdm(scheduler.timesteps, desc=desc, unit="step", disable=not progress):
+        latents = denoise_step(model, scheduler, latents, t, model_labels, guidance_scale, x0_prior=x0_prior,
+                               eta=eta, kind=kind, fresh_noise=fresh_noise)
     return latents
 
 
