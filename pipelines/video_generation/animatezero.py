@@ -30,7 +30,7 @@ import torch
 
 from mtp.kernels import attention
 from mtp.pipelines.video_generation.temporal import (attention_output, install_temporal_processor,
-                                                      position_table_for)
+                                                      position_table_for, temporal_tokens)
 
 VARIANTS = ("replace", "concat")
 _GATHER_BUDGET = 1 << 25  # elements of gathered keys per block (x2 with values)
@@ -72,16 +72,8 @@ class AnimateZeroAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("AnimateZeroAttnProcessor: temporal self-attention only (no encoder_hidden_states or "
-                             "attention_mask)")
-        if hidden_states.dim() != 3:
-            raise ValueError(f"AnimateZeroAttnProcessor: hidden_states must be [(B*H*W), F, C], got "
-                             f"{tuple(hidden_states.shape)}")
         residual = hidden_states
-        x = hidden_states
-        if getattr(attn, "group_norm", None) is not None:
-            x = attn.group_norm(x.transpose(1, 2)).transpose(1, 2)
+        x = temporal_tokens("AnimateZeroAttnProcessor", attn, hidden_states, encoder_hidden_states, attention_mask)
         n, t, c = x.shape
         idx = window_indices(t, self.window, self.variant, device=x.device)
         slots = idx.shape[1]

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtp.kernels import attention
+from mtp.pipelines.video_generation.temporal import temporal_tokens
 
 # token count per frame (H*W) -> latent (H, W) at 320x512, the official table
 OFFICIAL_D2HW = {2560: (40, 64), 640: (20, 32), 160: (10, 16), 40: (5, 8)}
@@ -674,15 +675,9 @@ class FreeLongAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  *args, **kwargs):
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("FreeLongAttnProcessor: temporal self-attention only (no encoder_hidden_states or "
-                             "attention_mask)")
-        if hidden_states.dim() != 3:
-            raise ValueError(f"FreeLongAttnProcessor: hidden_states must be [(B*H*W), F, C], got "
-                             f"{tuple(hidden_states.shape)}")
         residual = hidden_states
-        if getattr(attn, "group_norm", None) is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states = temporal_tokens("FreeLongAttnProcessor", attn, hidden_states, encoder_hidden_states,
+                                        attention_mask)
         hw = resolve_hw(hidden_states.shape[0], hw=self.hw, batch_size=self.batch_size, table=self.table)
         heads = attn.heads
         q = _split_heads(attn.to_q(hidden_states), heads)

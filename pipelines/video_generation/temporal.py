@@ -43,6 +43,18 @@ def _is_self_attention(attn) -> bool:
     return attn is not None and not getattr(attn, "is_cross_attention", False) and hasattr(attn, "set_processor")
 
 
+def temporal_tokens(name: str, attn, hidden_states, encoder_hidden_states, attention_mask) -> torch.Tensor:
+    """A temporal self-attention processor's input check and pre-norm: hidden_states [(B*H*W), F, C], no encoder
+    states or mask; returns the tokens after the layer's `group_norm` (if it has one)."""
+    if encoder_hidden_states is not None or attention_mask is not None:
+        raise ValueError(f"{name}: temporal self-attention only (no encoder_hidden_states or attention_mask)")
+    if hidden_states.dim() != 3:
+        raise ValueError(f"{name}: hidden_states must be [(B*H*W), F, C], got {tuple(hidden_states.shape)}")
+    if getattr(attn, "group_norm", None) is not None:
+        return attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return hidden_states
+
+
 def attention_output(attn, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """A diffusers-style Attention's output path for a processor's merged heads: to_out (projection, dropout),
     the residual when the layer has `residual_connection`, and its `rescale_output_factor`."""
