@@ -104,7 +104,9 @@ def _optimizer_and_schedule(params, train: TrainConfig, steps_per_epoch: int):
         raise ValueError(f"train.optimizer: unknown {train.optimizer!r}; valid: {', '.join(kinds)}")
     extra = {"betas": tuple(train.betas)} if train.optimizer != "sgd" else {"momentum": 0.9}
     params = list(params)
-    if train.optimizer != "sgd" and all(p.dtype.is_floating_point for p in params):
+    # Lightning refuses to clip a fused optimiser's gradients under mixed precision (it unscales them itself)
+    clipped_amp = train.grad_clip and "mixed" in str(train.precision)
+    if train.optimizer != "sgd" and all(p.dtype.is_floating_point for p in params) and not clipped_amp:
         extra["fused"] = True  # one kernel for all tensors: the per-tensor loop dominates small models' steps
     optimizer = kinds[train.optimizer](params, lr=train.lr, weight_decay=train.weight_decay, **extra)
     by_step = train.max_steps > 0

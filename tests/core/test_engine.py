@@ -55,6 +55,14 @@ def test_run_folder_and_same_seed_same_numbers(tmp_path, data_dir):
     assert evaluated == {k: pytest.approx(v, rel=1e-8) if isinstance(v, float) else v for k, v in a.items()}
 
 
+def test_bf16_autocast_with_gradient_clipping_trains(tmp_path, data_dir):
+    # a fused Adam cannot be clipped under Lightning's mixed precision: the engine must not fuse it then
+    code, out, err = _run(["run", str(RECIPE), *TINY, "train.epochs=1", "train.precision=bf16-mixed",
+                           "train.grad_clip=1.0", "output.name=bf16", "--quiet"], tmp_path, data_dir)
+    assert code == 0, err[-3000:]
+    assert 0 < _metrics(tmp_path, "bf16")["mse"] < 2.0
+
+
 def test_validation_loss_is_the_mean_over_every_window(tmp_path, data_dir):
     # Early stopping compares these losses; with 2881 validation windows in batches of 512 the last batch
     # holds 321, and a mean of batch means would weigh it like the others.
