@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,14 +280,16 @@ class FSDDDigitStrings(ASRDataset):
     docstring). ``num_items`` items per epoch; the decoded clips are cached. ``single_fraction`` of the items
     are one digit alone (the rest uniform in ``lengths``), so a model also hears isolated words. Training
     augmentation: for an ``edge_pause_fraction`` share of the items, silence uniform in ``edge_pause_s`` before and
-    after the item (each side drawn on its own; the rest start and end on speech, as a trimmed clip does), and
-    each clip's speed changed by a factor drawn from ``speed_factors``."""
+    after the item (each side drawn on its own; the rest start and end on speech, as a trimmed clip does),
+    each clip's speed changed by a factor drawn from ``speed_factors`` (resampling: pitch moves with it), and its
+    tempo by a factor drawn from ``tempo_factors`` (torchaudio's phase vocoder: pitch kept, so a speaker's fast
+    takes are imitated without changing his voice)."""
 
     def __init__(self, root: str | Path | None, takes, sample_rate: int = 16000, num_items: int = 300,
                  lengths: tuple[int, int] = (2, 7), pause_s: tuple[float, float] = STRING_PAUSE_S, seed: int = 0,
                  redraw_each_epoch: bool = False, single_fraction: float = 0.0,
                  edge_pause_s: tuple[float, float] = (0.0, 0.0), edge_pause_fraction: float = 1.0,
-                 speed_factors: tuple[float, ...] = (1.0,)):
+                 speed_factors: tuple[float, ...] = (1.0,), tempo_factors: tuple[float, ...] = (1.0,)):
         utterances = fsdd_utterances(root, takes)
         super().__init__(utterances, sample_rate, source=f"FSDD takes {takes}", cache=True)
         if not 1 <= lengths[0] <= lengths[1]:
@@ -303,6 +306,9 @@ class FSDDDigitStrings(ASRDataset):
             raise ValueError(f"edge_pause_fraction must be in [0, 1], got {edge_pause_fraction}")
         if not speed_factors or not all(0.5 <= f <= 2.0 for f in speed_factors):
             raise ValueError(f"speed_factors must be a non-empty list of factors in [0.5, 2], got {speed_factors}")
+        if not tempo_factors or not all(0.5 <= f <= 2.0 for f in tempo_factors):
+            raise ValueError(f"tempo_factors must be a non-empty list of factors in [0.5, 2], got {tempo_factors}")
+        self.tempo_factors = tuple(float(f) for f in tempo_factors)
         self.single_fraction = float(single_fraction)
         self.edge_pause_s, self.speed_factors = tuple(edge_pause_s), tuple(float(f) for f in speed_factors)
         self.edge_pause_fraction = float(edge_pause_fraction)
@@ -334,21 +340,24 @@ class FSDDDigitStrings(ASRDataset):
         low, high = (int(round(p * self.sample_rate)) for p in self.pause_s)
         return clips, [int(p) for p in rng.integers(low, high + 1, size=count - 1)], rng
 
-    def augmentation(self, rng, count: int) -> tuple[tuple[int, int], list[float]]:
-        """((leading, trailing) silence in samples, a speed factor per clip), drawn after ``draw``'s values."""
+    def augmentation(self, rng, count: int) -> tuple[tuple[int, int], list[float], list[float]]:
+        """((leading, trailing) silence in samples, a speed factor per clip, a tempo factor per clip), drawn after
+        ``draw``'s values (each only when that augmentation is on, so turning one on leaves the others' draws)."""
         low, high = (int(round(p * self.sample_rate)) for p in self.edge_pause_s)
         edges = (0, 0)
         if high > 0 and rng.random() < self.edge_pause_fraction:
             edges = tuple(int(e) for e in rng.integers(low, high + 1, size=2))
         speeds = ([1.0] * count if self.speed_factors == (1.0,)
                   else [float(f) for f in rng.choice(self.speed_factors, size=count)])
-        return edges, speeds
+        tempos = ([1.0] * count if self.tempo_factors == (1.0,)
+                  else [float(f) for f in rng.choice(self.tempo_factors, size=count)])
+        return edges, speeds, tempos
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_items:
             raise IndexError(f"index {index} out of range for {self.num_items} digit strings")
         clips, pauses, rng = self._draw(index)
-        (lead, trail), speeds = self.augmentation(rng, len(clips))
+        (lead, trail), speeds, tempos = self.augmentation(rng, len(clips))
         parts = [torch.zeros(lead)]
         for k, clip in enumerate(clips):
             wave = self.audio(clip)
@@ -356,12 +365,28 @@ class FSDDDigitStrings(ASRDataset):
                 import torchaudio.functional   # only training with speed perturbation needs it here
 
                 wave = torchaudio.functional.speed(wave[None], self.sample_rate, speeds[k])[0][0]
+            if tempos[k] != 1.0:
+                wave = change_tempo(wave, tempos[k], self.sample_rate)
             parts.append(wave)
             if k < len(pauses):
                 parts.append(torch.zeros(pauses[k]))
         parts.append(torch.zeros(trail))
         text = " ".join(self.utterances[c].text for c in clips)
         return {"audio": torch.cat(parts), "text": text, "id": f"string{self.epoch}_{index:05d}"}
+
+
+def change_tempo(wave: torch.Tensor, factor: float, sample_rate: int) -> torch.Tensor:
+    """``wave`` (T,) played ``factor`` times faster at the same pitch: torchaudio's phase vocoder on a 32 ms /
+    8 ms STFT. The result has about T / factor samples."""
+    import torchaudio.functional   # training with tempo perturbation only
+
+    n_fft = 1 << max(6, int(round(0.032 * sample_rate)) - 1).bit_length()
+    hop = n_fft // 4
+    window = torch.hann_window(n_fft)
+    spec = torch.stft(wave, n_fft, hop, window=window, return_complex=True)
+    advance = torch.linspace(0, math.pi * hop, spec.shape[0])[:, None]
+    stretched = torchaudio.functional.phase_vocoder(spec, factor, advance)
+    return torch.istft(stretched, n_fft, hop, window=window, length=int(round(wave.numel() / factor)))
 
 
 def fsdd_recording(root: str | Path | None, takes=FSDD_TEST_TAKES, duration_s: float = 600.0,
@@ -473,7 +498,8 @@ def fsdd_digit_strings(root: str | Path | None = None, split: str = "test", samp
                        takes=None, num_items: int | None = None, min_digits: int = 2, max_digits: int = 7,
                        pause_s: tuple[float, float] = STRING_PAUSE_S, seed: int = 0,
                        single_fraction: float = 0.0, edge_pause_s: tuple[float, float] = (0.0, 0.0),
-                       edge_pause_fraction: float = 1.0, speed_factors: tuple[float, ...] = (1.0,)) -> FSDDDigitStrings:
+                       edge_pause_fraction: float = 1.0, speed_factors: tuple[float, ...] = (1.0,),
+                       tempo_factors: tuple[float, ...] = (1.0,)) -> FSDDDigitStrings:
     """FSDD digit strings (test: takes 0-4, 300 strings, fixed; train: takes 5-49, 2700 strings an epoch,
     redrawn every epoch)."""
     if split == "val" and takes is None:
@@ -485,4 +511,4 @@ def fsdd_digit_strings(root: str | Path | None = None, split: str = "test", samp
                             seed + (0 if split == "test" else 1000 if split == "val" else 2000),
                             redraw_each_epoch=split == "train", single_fraction=single_fraction,
                             edge_pause_s=tuple(edge_pause_s), edge_pause_fraction=edge_pause_fraction,
-                            speed_factors=tuple(speed_factors))
+                            speed_factors=tuple(speed_factors), tempo_factors=tuple(tempo_factors))

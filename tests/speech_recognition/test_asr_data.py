@@ -1,6 +1,7 @@
 """Speech recognition data: every layout read from files in that layout (real samples where they exist), the FSDD
 digit sets, and bad input named by file and line."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from mtp.datasets import audio as audio_io
 from mtp.datasets import speech_separation
-from mtp.datasets.speech_recognition import (DIGIT_WORDS, ASRDataset, FSDDDigitStrings, TranscriptError,
+from mtp.datasets.speech_recognition import (DIGIT_WORDS, ASRDataset, FSDDDigitStrings, TranscriptError, change_tempo,
                                              fsdd_digit_strings, fsdd_digits, kaldi, kaldi_utterances, librispeech, nemo_manifest,
                                              nemo_manifest_utterances, parse_takes, speechbrain_csv,
                                              speechbrain_utterances)
@@ -133,6 +134,39 @@ def test_fsdd_digit_strings_edge_silence_and_speed_perturbation(fsdd):
                 {"speed_factors": ()}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             fsdd_digit_strings(fsdd, split="train", num_items=5, **bad)
+
+
+def test_change_tempo_shortens_a_tone_and_keeps_its_pitch():
+    rate = 16000
+    t = torch.arange(rate) / rate
+    tone = torch.sin(2 * math.pi * 440.0 * t) * torch.hann_window(rate)
+    for factor in (0.8, 1.5):
+        faster = change_tempo(tone, factor, rate)
+        assert faster.shape[0] == round(rate / factor)
+        spectrum = torch.fft.rfft(faster).abs()
+        peak_hz = int(spectrum.argmax()) * rate / faster.shape[0]
+        assert abs(peak_hz - 440.0) < 5.0, (factor, peak_hz)   # resampling at 1.5 would put it at 660 Hz
+        envelope = faster.abs().unfold(0, 400, 400).mean(1)
+        centre = float((envelope * torch.arange(envelope.shape[0])).sum() / envelope.sum()) * 400
+        assert abs(centre - faster.shape[0] / 2) < 0.05 * faster.shape[0]   # the envelope is squeezed, not cut
+
+
+def test_fsdd_digit_strings_tempo_perturbation(fsdd):
+    plain = fsdd_digit_strings(fsdd, split="train", sample_rate=8000, num_items=30, single_fraction=1.0)
+    faster = fsdd_digit_strings(fsdd, split="train", sample_rate=8000, num_items=30, single_fraction=1.0,
+                                tempo_factors=(1.0, 1.5))
+    changed = 0
+    for i in range(30):
+        assert faster.draw(i) == plain.draw(i)
+        a, p = faster[i]["audio"], plain[i]["audio"]
+        if a.shape[0] != p.shape[0]:
+            assert a.shape[0] == round(p.shape[0] / 1.5)
+            changed += 1
+        else:
+            assert torch.equal(a, p)
+    assert 5 <= changed <= 25   # about half the clips drew 1.5
+    with pytest.raises(ValueError, match="tempo_factors"):
+        fsdd_digit_strings(fsdd, split="train", num_items=5, tempo_factors=(2.5,))
 
 
 # ---------------------------------------------------------------------------------------------- written layouts
