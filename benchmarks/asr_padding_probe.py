@@ -46,8 +46,8 @@ def main() -> None:
         wrong = [(f.stem, o["text"]) for f, o in zip(files, outputs)
                  if o["text"].strip() != DIGIT_WORDS[int(f.stem.split("_")[0])]]
         by_speaker = collections.Counter(stem.split("_")[1] for stem, _ in wrong)
-        print(json.dumps({"bench": "asr_padding_probe", "pad_s": pad_s, "tempo": tempo, "files": len(files), "errors": len(wrong),
-                          "errors_by_speaker": dict(by_speaker), "wrong": wrong}), flush=True)
+        print(json.dumps({"bench": "asr_padding_probe", "pad_s": pad_s, "tempo": tempo, "files": len(files),
+                          "errors": len(wrong), "errors_by_speaker": dict(by_speaker), "wrong": wrong}), flush=True)
 
 
 if __name__ == "__main__":

@@ -381,6 +381,8 @@ def change_tempo(wave: torch.Tensor, factor: float, sample_rate: int) -> torch.T
     import torchaudio.functional   # training with tempo perturbation only
 
     n_fft = 1 << max(6, int(round(0.032 * sample_rate)) - 1).bit_length()
+    if wave.numel() <= n_fft // 2:   # the centred STFT's reflect padding needs more
+        raise ValueError(f"change_tempo: {wave.numel()} samples at {sample_rate} Hz; needs more than {n_fft // 2}")
     hop = n_fft // 4
     window = torch.hann_window(n_fft)
     spec = torch.stft(wave, n_fft, hop, window=window, return_complex=True)

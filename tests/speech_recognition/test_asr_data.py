@@ -149,6 +149,8 @@ def test_change_tempo_shortens_a_tone_and_keeps_its_pitch():
         envelope = faster.abs().unfold(0, 400, 400).mean(1)
         centre = float((envelope * torch.arange(envelope.shape[0])).sum() / envelope.sum()) * 400
         assert abs(centre - faster.shape[0] / 2) < 0.05 * faster.shape[0]   # the envelope is squeezed, not cut
+    with pytest.raises(ValueError, match="256 samples at 16000 Hz"):
+        change_tempo(tone[:256], 1.5, rate)
 
 
 def test_fsdd_digit_strings_tempo_perturbation(fsdd):
