@@ -68,6 +68,7 @@ class TrainConfig:
     patience: Optional[int] = None      # early stopping on the validation loss
     val_every_steps: Optional[int] = None  # iteration recipes validate every N steps instead of per epoch
     ema_decay: Optional[float] = None   # keep an exponential moving average of the weights for evaluation
+    average_best: Optional[int] = None  # evaluate the mean weights of the N best epochs by the validation monitor
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: Union[int, str] = "auto"

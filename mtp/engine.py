@@ -212,6 +212,11 @@ class EMA(L.Callback):
         self.decay, self.shadow = state["decay"], state["shadow"]
 
 
+class BestEpochs(ModelCheckpoint):
+    """The N best epochs' checkpoints for train.average_best. Its own class gives it its own state key, so
+    Lightning saves and restores its ranking beside best.ckpt's on resume."""
+
+
 def _callbacks(train: TrainConfig, ckpt_dir: Path, has_val: bool, monitor: tuple = ("val_loss", "min")) -> list:
     callbacks = [ReseedEachEpoch(train.seed)]
     every = {"every_n_train_steps": train.checkpoint_every_steps} if train.checkpoint_every_steps else {}
@@ -221,6 +226,11 @@ def _callbacks(train: TrainConfig, ckpt_dir: Path, has_val: bool, monitor: tuple
         name, mode = monitor
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=name, mode=mode,
                                          save_top_k=1, enable_version_counter=False))
+        if train.average_best:
+            # keeps exactly the N best epochs' checkpoints (the others are deleted as better ones come)
+            callbacks.append(BestEpochs(dirpath=ckpt_dir, filename="top-{epoch:03d}", monitor=name, mode=mode,
+                                        save_top_k=train.average_best, auto_insert_metric_name=False,
+                                        enable_version_counter=False))
         if train.patience:
             callbacks.append(EarlyStopping(monitor=name, mode=mode, patience=train.patience,
                                            min_delta=0.0, check_on_train_epoch_end=False))
@@ -310,7 +320,14 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress:
         eval_started = time.perf_counter()
         with torch.no_grad():
             metrics = pipe.evaluate(splits[split], batch_size=recipe.eval.batch_size, **recipe.eval.options)
-        result = {"task": recipe.task, "recipe": recipe.output.name, "split": split, "metrics": metrics,
+        averaged = {}
+        if train and train.average_best and split != "val":
+            # the averaged weights were never validated in training: their validation figures let runs be
+            # compared without the test split
+            with torch.no_grad():
+                averaged["val_metrics_of_average"] = pipe.evaluate(splits["val"], batch_size=recipe.eval.batch_size,
+                                                                   **recipe.eval.options)
+        result = {"task": recipe.task, "recipe": recipe.output.name, "split": split, "metrics": metrics, **averaged,
                   **({"resumed_from": resumed} if resumed else {}),
                   "fit_seconds": round(fit_seconds, 2),
                   "eval_seconds": round(time.perf_counter() - eval_started, 2),
@@ -347,6 +364,7 @@ def _resume_point(last: Path, splits: dict, recipe: Recipe, allow_inexact: bool,
 
 def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path | None, progress: bool):
     train = recipe.train
+    _check_average_best(train, splits)
     train_loader = make_loader(splits["train"], train.batch_size, shuffle=True, seed=train.seed,
                                num_workers=train.num_workers, drop_last=pipe.train_drop_last)
     val_loader = None
@@ -372,6 +390,9 @@ def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path |
     with contextlib.redirect_stdout(sys.stderr):
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None,
                     weights_only=True)
+    if train.average_best:
+        pipe.model.load_state_dict(_average_checkpoints(sorted(ckpt_dir.glob("top-*.ckpt"))))
+        return
     best = ckpt_dir / "best.ckpt"
     chosen = best if best.exists() else ckpt_dir / "last.ckpt"
     state = read_checkpoint(chosen)
@@ -380,6 +401,41 @@ def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path |
         k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
     pipe.model.load_state_dict(weights)
     log.info("evaluating weights from %s%s", chosen, " (EMA)" if ema else "")
+
+
+def _check_average_best(train: TrainConfig, splits: dict) -> None:
+    from mtp.config import RecipeError
+
+    if train.average_best is None:
+        return
+    if isinstance(train.average_best, bool) or train.average_best < 1:
+        raise RecipeError(f"train.average_best: expected a number of checkpoints >= 1, got {train.average_best!r}")
+    if splits.get("val") is None:
+        raise RecipeError("train.average_best: the best epochs are ranked on the validation split, and this data "
+                          "has none")
+    if train.ema_decay:
+        raise RecipeError("train.average_best and train.ema_decay: choose one way of averaging weights")
+
+
+def _average_checkpoints(paths: list[Path]) -> dict:
+    """The mean of the checkpoints' model weights (ESPnet's and NeMo's checkpoint averaging). Integer buffers
+    (BatchNorm's batch counters) are summed state, not weights: they are taken from the first checkpoint."""
+    if not paths:
+        raise FileNotFoundError("train.average_best: no top-*.ckpt checkpoints were written")
+    total, first = {}, {}
+    for path in paths:
+        state = read_checkpoint(path)["state_dict"]
+        for key, value in state.items():
+            if not key.startswith("model."):
+                continue
+            key = key[len("model."):]
+            if key not in first:
+                first[key] = value
+                total[key] = value.double() if value.dtype.is_floating_point else value
+            elif value.dtype.is_floating_point:
+                total[key] += value.double()
+    log.info("evaluating the mean weights of %d checkpoints: %s", len(paths), ", ".join(p.name for p in paths))
+    return {k: (v / len(paths)).to(first[k].dtype) if v.dtype.is_floating_point else v for k, v in total.items()}
 
 
 def _log_version(run_dir: Path, resume_from) -> str:

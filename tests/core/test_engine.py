@@ -97,6 +97,36 @@ def test_resume_after_kill_gives_the_same_metrics(tmp_path, data_dir):
     assert _metrics(tmp_path, "killed") == _metrics(tmp_path, "straight")
 
 
+def test_average_best_exports_the_mean_of_the_best_epochs(tmp_path, data_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    from mtp.weights import read_checkpoint
+
+    code, _, err = _run(["run", str(RECIPE), *TINY, "train.epochs=3", "train.patience=null", "train.average_best=2",
+                         "output.plots=false", "output.name=avg", "--quiet"], tmp_path, data_dir)
+    assert code == 0, err
+    run = tmp_path / "runs" / "avg"
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        losses = {int(row["epoch"]): float(row["val_loss"]) for row in csv.DictReader(f) if row["val_loss"]}
+    best_two = sorted(sorted(losses, key=losses.get)[:2])
+    tops = sorted((run / "checkpoints").glob("top-*.ckpt"))
+    assert [p.name for p in tops] == [f"top-{epoch:03d}.ckpt" for epoch in best_two]
+    states = [read_checkpoint(p)["state_dict"] for p in tops]
+    exported = load_file(run / "model.safetensors")
+    for key, value in exported.items():
+        a, b = states[0]["model." + key], states[1]["model." + key]
+        assert torch.allclose(value.double(), (a.double() + b.double()) / 2, atol=1e-7), key
+    assert any(not torch.equal(value, states[0]["model." + key]) for key, value in exported.items())
+    assert "evaluating the mean weights of 2 checkpoints" in (run / "run.log").read_text()
+    validated = json.loads((run / "metrics.json").read_text())["val_metrics_of_average"]
+    assert 0 < validated["mse"] < 1.5 and validated["mse"] <= min(losses.values()) * 1.5
+
+    code, _, err = _run(["run", str(RECIPE), *TINY, "train.epochs=1", "train.average_best=2", "train.ema_decay=0.9",
+                         "output.name=both", "--quiet"], tmp_path, data_dir)
+    assert code == 2 and "choose one way of averaging" in err
+
+
 def test_cli_reports_recipe_errors_without_traceback(tmp_path, data_dir):
     code, _, err = _run(["run", str(RECIPE), "train.lerning_rate=0.1"], tmp_path, data_dir)
     assert code == 2 and "unknown key 'train.lerning_rate'" in err and "Traceback" not in err
