@@ -305,12 +305,12 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress:
         if train and resume and last.exists():
             resumed = _resume_point(last, splits, recipe, allow_inexact_resume, pipe.train_drop_last)
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        fit_seconds = 0.0
+        fit_seconds, averaged_from = 0.0, None
         if train:
             fit_started = time.perf_counter()
             if not pipe.fit_direct(splits, recipe):
-                _fit(pipe, recipe, splits, run_dir / "checkpoints", last if resume and last.exists() else None,
-                     progress)
+                averaged_from = _fit(pipe, recipe, splits, run_dir / "checkpoints",
+                                     last if resume and last.exists() else None, progress)
             fit_seconds = time.perf_counter() - fit_started
             from mtp.weights import export
 
@@ -320,8 +320,8 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress:
         eval_started = time.perf_counter()
         with torch.no_grad():
             metrics = pipe.evaluate(splits[split], batch_size=recipe.eval.batch_size, **recipe.eval.options)
-        averaged = {}
-        if train and train.average_best and split != "val":
+        averaged = {"averaged_checkpoints": averaged_from} if averaged_from else {}
+        if averaged_from and split != "val":
             # the averaged weights were never validated in training: their validation figures let runs be
             # compared without the test split
             with torch.no_grad():
@@ -362,7 +362,9 @@ def _resume_point(last: Path, splits: dict, recipe: Recipe, allow_inexact: bool,
     return point
 
 
-def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path | None, progress: bool):
+def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path | None,
+         progress: bool) -> list[str] | None:
+    """Train, then load the weights to evaluate; returns the checkpoints averaged into them (train.average_best)."""
     train = recipe.train
     _check_average_best(train, splits)
     train_loader = make_loader(splits["train"], train.batch_size, shuffle=True, seed=train.seed,
@@ -390,9 +392,12 @@ def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path |
     with contextlib.redirect_stdout(sys.stderr):
         trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume_from) if resume_from else None,
                     weights_only=True)
+    tops = sorted(ckpt_dir.glob("top-*.ckpt")) if train.average_best else []
+    if tops:
+        pipe.model.load_state_dict(_average_checkpoints(tops))
+        return [p.name for p in tops]
     if train.average_best:
-        pipe.model.load_state_dict(_average_checkpoints(sorted(ckpt_dir.glob("top-*.ckpt"))))
-        return
+        log.warning("train.average_best: no epoch was validated, so there is nothing to average")
     best = ckpt_dir / "best.ckpt"
     chosen = best if best.exists() else ckpt_dir / "last.ckpt"
     state = read_checkpoint(chosen)
@@ -401,6 +406,7 @@ def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path |
         k[len("model."):]: v for k, v in state["state_dict"].items() if k.startswith("model.")}
     pipe.model.load_state_dict(weights)
     log.info("evaluating weights from %s%s", chosen, " (EMA)" if ema else "")
+    return None
 
 
 def _check_average_best(train: TrainConfig, splits: dict) -> None:
@@ -420,8 +426,6 @@ def _check_average_best(train: TrainConfig, splits: dict) -> None:
 def _average_checkpoints(paths: list[Path]) -> dict:
     """The mean of the checkpoints' model weights (ESPnet's and NeMo's checkpoint averaging). Integer buffers
     (BatchNorm's batch counters) are summed state, not weights: they are taken from the first checkpoint."""
-    if not paths:
-        raise FileNotFoundError("train.average_best: no top-*.ckpt checkpoints were written")
     total, first = {}, {}
     for path in paths:
         state = read_checkpoint(path)["state_dict"]

@@ -119,7 +119,9 @@ def test_average_best_exports_the_mean_of_the_best_epochs(tmp_path, data_dir):
         assert torch.allclose(value.double(), (a.double() + b.double()) / 2, atol=1e-7), key
     assert any(not torch.equal(value, states[0]["model." + key]) for key, value in exported.items())
     assert "evaluating the mean weights of 2 checkpoints" in (run / "run.log").read_text()
-    validated = json.loads((run / "metrics.json").read_text())["val_metrics_of_average"]
+    recorded = json.loads((run / "metrics.json").read_text())
+    assert recorded["averaged_checkpoints"] == [p.name for p in tops]
+    validated = recorded["val_metrics_of_average"]
     assert 0 < validated["mse"] < 1.5 and validated["mse"] <= min(losses.values()) * 1.5
 
     code, _, err = _run(["run", str(RECIPE), *TINY, "train.epochs=1", "train.average_best=2", "train.ema_decay=0.9",
