@@ -32,7 +32,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from mtp import Pipeline
     from mtp.config import load_recipe
     from mtp.datasets.speech_recognition import DIGIT_WORDS, fsdd_digits
     from mtp.files import data_dir
@@ -40,19 +39,26 @@ def main() -> None:
     if data_dir() is None:
         raise SystemExit("asr_validation: set MTP_DATA_DIR (the folder holding speech/fsdd/recordings)")
     recipe = load_recipe(RECIPE)
-    words = Path(tempfile.mkdtemp()) / "digit_words.txt"
-    words.write_text("\n".join(DIGIT_WORDS) + "\n")
-    decoders = [{}] + ([{"decoder": "beam", "lexicon": str(words)}] if args.lexicon else [])
     isolated = fsdd_digits(data_dir() / "speech" / "fsdd", split="val", takes="5-9")
-    for weights in args.weights.split(","):
-        for options in decoders:
-            pipe = Pipeline("speech_recognition", weights=weights, **options)
-            sets = {"strings": pipe.datasets(recipe)["val"], "isolated": isolated}
-            for name, dataset in sets.items():
-                metrics = pipe.evaluate(dataset, batch_size=32)
-                print(json.dumps({"bench": "asr_validation", "weights": weights, "set": name,
-                                  "decoder": "beam+lexicon" if options else "greedy", "wer": metrics["wer"],
-                                  "reference_words": metrics["reference_words"]}), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        words = Path(tmp) / "digit_words.txt"
+        words.write_text("\n".join(DIGIT_WORDS) + "\n")
+        decoders = [{}] + ([{"decoder": "beam", "lexicon": str(words)}] if args.lexicon else [])
+        for weights in args.weights.split(","):
+            score(weights, decoders, recipe, isolated)
+
+
+def score(weights: str, decoders: list[dict], recipe, isolated) -> None:
+    """One JSON line per (decoder, validation set) for one trained model."""
+    from mtp import Pipeline
+
+    for options in decoders:
+        pipe = Pipeline("speech_recognition", weights=weights, **options)
+        for name, dataset in {"strings": pipe.datasets(recipe)["val"], "isolated": isolated}.items():
+            metrics = pipe.evaluate(dataset, batch_size=32)
+            print(json.dumps({"bench": "asr_validation", "weights": weights, "set": name,
+                              "decoder": "beam+lexicon" if options else "greedy", "wer": metrics["wer"],
+                              "reference_words": metrics["reference_words"]}), flush=True)
 
 
 if __name__ == "__main__":

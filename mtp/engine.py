@@ -292,6 +292,8 @@ def run(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress:
     # Model and data first: a bad recipe fails before anything is written.
     pipe = TASKS.get(recipe.task).load().from_recipe(recipe)
     splits = pipe.datasets(recipe)
+    if train:
+        _check_average_best(train, splits)
     split = recipe.eval.split
     if split not in splits:
         raise ValueError(f"eval.split: {split!r} is not a split of this data; valid: {', '.join(splits)}")
@@ -366,7 +368,6 @@ def _fit(pipe, recipe: Recipe, splits: dict, ckpt_dir: Path, resume_from: Path |
          progress: bool) -> list[str] | None:
     """Train, then load the weights to evaluate; returns the checkpoints averaged into them (train.average_best)."""
     train = recipe.train
-    _check_average_best(train, splits)
     train_loader = make_loader(splits["train"], train.batch_size, shuffle=True, seed=train.seed,
                                num_workers=train.num_workers, drop_last=pipe.train_drop_last)
     val_loader = None

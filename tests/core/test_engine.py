@@ -127,6 +127,7 @@ def test_average_best_exports_the_mean_of_the_best_epochs(tmp_path, data_dir):
     code, _, err = _run(["run", str(RECIPE), *TINY, "train.epochs=1", "train.average_best=2", "train.ema_decay=0.9",
                          "output.name=both", "--quiet"], tmp_path, data_dir)
     assert code == 2 and "choose one way of averaging" in err
+    assert not (tmp_path / "runs" / "both").exists()  # refused before anything is written
 
 
 def test_cli_reports_recipe_errors_without_traceback(tmp_path, data_dir):
