@@ -58,6 +58,7 @@ channels; patch sampling then draws background patches, with MONAI's warning).
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from pathlib import Path
@@ -644,15 +645,27 @@ def training_transforms(patch_size: Sequence[int] = (96, 96, 96), pixdim: Option
                         regions=BRATS_REGIONS, has_mask: bool = False, pos: float = 1.0, neg: float = 1.0,
                         num_samples: int = 1, flip_prob: float = 0.5, intensity_scale: float = 0.1,
                         intensity_shift: float = 0.1, intensity_prob: float = 1.0, sampling: str = "posneg",
-                        intensity_channel_wise: bool = True):
+                        intensity_channel_wise: bool = True, affine_prob: float = 0.0, rotate_degrees: float = 15.0,
+                        scale_range: float = 0.15, gamma_prob: float = 0.0, gamma_range: Sequence[float] = (0.7, 1.5)):
     """The evaluation chain, then: pad to `patch_size`, sample `num_samples` patches (``sampling="posneg"``:
     centred on foreground with probability pos / (pos + neg); ``"random"``: anywhere, as SwinUNETR's BraTS 2021
     training does), flip each axis with `flip_prob`, scale intensities by (1 + U(-s, s)) and shift by U(-t, t)
-    (each with `intensity_prob`; per channel unless ``intensity_channel_wise=False``)."""
+    (each with `intensity_prob`; per channel unless ``intensity_channel_wise=False``).
+
+    Off by default, nnU-Net's spatial and contrast augmentation for few training cases: with `affine_prob`, a
+    patch is rotated by U(-r, r) degrees about each axis and scaled by 1 + U(-s, s) (``rotate_degrees``,
+    ``scale_range``; bilinear image, nearest label, zeros padding the corners); with `gamma_prob`, the patch's
+    intensities get a gamma from `gamma_range` over their min-max range, mean and std kept (MONAI's
+    RandAdjustContrast with retain_stats, as nnU-Net's gamma transform)."""
     import monai.transforms as mt
 
     if sampling not in ("posneg", "random"):
         raise ValueError(f"sampling={sampling!r}: expected 'posneg' or 'random'")
+    for name, value in (("affine_prob", affine_prob), ("gamma_prob", gamma_prob)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}={value}: expected a probability in [0, 1]")
+    if len(gamma_range) != 2 or not 0 < gamma_range[0] <= gamma_range[1]:
+        raise ValueError(f"gamma_range={gamma_range}: expected (low, high) with 0 < low <= high")
     patch = [int(s) for s in patch_size]
     chain = _common_transforms(pixdim, _as_regions(regions), has_mask, True)
     chain += [
@@ -661,6 +674,15 @@ def training_transforms(patch_size: Sequence[int] = (96, 96, 96), pixdim: Option
                                   num_samples=num_samples) if sampling == "posneg" else
         mt.RandSpatialCropSamplesd(["image", "label"], roi_size=patch, num_samples=num_samples, random_size=False),
         *[mt.RandFlipd(["image", "label"], prob=flip_prob, spatial_axis=axis) for axis in range(3)],
+    ]
+    if affine_prob > 0:
+        radians = math.radians(rotate_degrees)
+        chain.append(mt.RandAffined(["image", "label"], prob=affine_prob, rotate_range=(radians,) * 3,
+                                    scale_range=(scale_range,) * 3, mode=("bilinear", "nearest"),
+                                    padding_mode="zeros", spatial_size=patch))
+    if gamma_prob > 0:
+        chain.append(mt.RandAdjustContrastd("image", prob=gamma_prob, gamma=tuple(gamma_range), retain_stats=True))
+    chain += [
         mt.RandScaleIntensityd("image", factors=intensity_scale, prob=intensity_prob,
                                channel_wise=intensity_channel_wise),
         mt.RandShiftIntensityd("image", offsets=intensity_shift, prob=intensity_prob,
@@ -784,12 +806,14 @@ def segmentation_dataset(root: str | Path | None = None, split: str = "train", l
                          val_fraction: float = 0.2, val_seed: int = 0, fold: Optional[int] = None,
                          splits_file: Optional[str] = None, cache: bool = False,
                          seed: Optional[int] = None, repeats: int = 1, sampling: str = "posneg",
-                         intensity_channel_wise: bool = True) -> Optional[MedicalSegmentationDataset]:
+                         intensity_channel_wise: bool = True, affine_prob: float = 0.0, rotate_degrees: float = 15.0,
+                         scale_range: float = 0.15, gamma_prob: float = 0.0,
+                         gamma_range: Sequence[float] = (0.7, 1.5)) -> Optional[MedicalSegmentationDataset]:
     """A registered dataset: the split's cases through the training chain (train) or the evaluation chain (val,
     test). ``regions``: a convention name, a dict, None (class map) or 'nnunet' (from the dataset.json).
     ``repeats``: passes over the training cases per epoch. ``fold``: nnU-Net's cross-validation fold (module
-    docstring). ``val_fraction=0`` without a val/ folder or fold: every training case trains and the val split is
-    None (no validation)."""
+    docstring). Augmentation arguments: :func:`training_transforms`. ``val_fraction=0`` without a val/ folder or
+    fold: every training case trains and the val split is None (no validation)."""
     if split == "val" and val_fraction == 0 and fold is None:
         path = resolve_data_path(root) if root is not None else None
         if path is None or not (path.is_dir() and _split_folder(path, "val") is not None):
@@ -806,7 +830,9 @@ def segmentation_dataset(root: str | Path | None = None, split: str = "train", l
         if missing:
             raise MedicalImageError(f"{root}: training case {missing[0]} has no label file")
         transform = training_transforms(patch_size, pixdim, regions, has_mask, pos, neg, num_samples,
-                                        sampling=sampling, intensity_channel_wise=intensity_channel_wise)
+                                        sampling=sampling, intensity_channel_wise=intensity_channel_wise,
+                                        affine_prob=affine_prob, rotate_degrees=rotate_degrees,
+                                        scale_range=scale_range, gamma_prob=gamma_prob, gamma_range=gamma_range)
     else:
         transform = evaluation_transforms(pixdim, regions, has_mask)
     return MedicalSegmentationDataset(cases, transform, source=f"{root} ({split})", cache=cache, seed=seed,

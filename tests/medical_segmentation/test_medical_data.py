@@ -395,3 +395,35 @@ def test_random_patch_sampling_and_whole_volume_intensity_augmentation(tmp_path)
     assert "RandSpatialCropSamplesd" in names and "RandCropByPosNegLabeld" not in names
     with pytest.raises(ValueError, match="sampling"):
         ms.training_transforms(sampling="centre")
+
+
+def test_affine_and_gamma_augmentation_move_image_and_label_together(tmp_path):
+    shape = (24, 24, 16)
+    label = np.zeros(shape, np.uint8)
+    label[8:16, 8:16, 5:11] = 2                                     # oedema: WT only
+    flair = (1.0 + 4.0 * (label > 0) + np.random.default_rng(0).normal(0, 0.05, shape)).astype(np.float32)
+    folder = tmp_path / "train" / "a"
+    write(folder / "Flair.nii.gz", flair)
+    write(folder / "T1c.nii.gz", volume(1, shape))
+    write(folder / "OTMultiClass.nii.gz", label)
+    cases = ms.find_cases(tmp_path, "train")
+
+    def patch(**kwargs):
+        chain = ms.training_transforms((16, 16, 12), flip_prob=0.0, intensity_prob=0.0, neg=0.0, **kwargs)
+        return ms.MedicalSegmentationDataset(cases, chain, seed=3)[0]
+
+    plain, moved = patch(), patch(affine_prob=1.0, rotate_degrees=30.0, scale_range=0.2)
+    assert moved["image"].shape == (2, 16, 16, 12) and moved["label"].shape == (3, 16, 16, 12)
+    assert set(moved["label"].unique().tolist()) <= {0.0, 1.0}     # nearest: the label stays binary
+    assert not torch.equal(moved["label"], plain["label"])
+    # the rotated image still marks the rotated label: image and label took the same affine
+    bright = moved["image"][0] > float(moved["image"][0].max()) / 2
+    assert float((bright == (moved["label"][0] > 0)).float().mean()) > 0.95
+    contrast = patch(gamma_prob=1.0, gamma_range=(2.0, 2.0))["image"]
+    assert not torch.allclose(contrast, plain["image"])
+    assert abs(float(contrast.mean() - plain["image"].mean())) < 0.02   # retain_stats (a gamma of 2 alone moves
+    assert abs(float(contrast.std() - plain["image"].std())) < 0.02     # the mean by more than 0.5 here)
+    with pytest.raises(ValueError, match="affine_prob"):
+        ms.training_transforms(affine_prob=1.5)
+    with pytest.raises(ValueError, match="gamma_range"):
+        ms.training_transforms(gamma_range=(0.0, 1.0))
