@@ -40,9 +40,13 @@ if [ -n "$(missing_apt)" ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq $(missing_apt) >/dev/null
 fi
 
+# One set-up at a time: two commands started together (a training and a test run) would otherwise reinstall the
+# editable package over each other, and one of them finds the environment half-written.
+parent="$(dirname "$venv")"
+mkdir -p "$parent"
+exec 9>"$parent/.$(basename "$venv").lock"
+command -v flock >/dev/null && flock 9   # util-linux; without it, set-ups are not serialised
 if [ ! -f "$venv/.complete" ]; then
-  parent="$(dirname "$venv")"
-  mkdir -p "$parent"
   free_gb="$(df -P -BG "$parent" | awk 'NR == 2 {sub("G", "", $4); print $4}')"
   if [ "$free_gb" -lt "$NEEDED_GB" ]; then
     echo "[env] $parent has ${free_gb} GB free; the environment needs about $NEEDED_GB GB" >&2
@@ -62,6 +66,7 @@ else
     exit 1
   fi
 fi
+exec 9>&-   # releases the lock; the command below does not hold it
 export PATH="$venv/bin:$PATH" VIRTUAL_ENV="$venv"
 # Real data and official weights sit in ../shared beside the clone (see README, "Data and weights").
 export MTP_DATA_DIR="${MTP_DATA_DIR:-$(cd "$root/.." && pwd)/shared/data}"
