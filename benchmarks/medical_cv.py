@@ -4,7 +4,8 @@ inference choices are made without the test cases.
 Each fold trains the recipe, unchanged but for the data root, on all training cases but one (a folder of links to
 them under ``<work>/folds/``), and scores the held-out case as the recipe scores its test cases: sliding windows,
 Dice and HD95 on the original grid. Every inference variant is then scored on each fold's held-out case with the
-fold's own weights. A fold whose run folder already holds ``model.safetensors`` is not trained again.
+fold's own weights. A fold whose run folder already holds ``model.safetensors`` is not trained again, provided
+its config.yaml shows the same recipe and overrides, and training cases that exclude the held-out one.
 
   MTP_DATA_DIR=../shared/data python benchmarks/medical_cv.py \\
       --recipe recipes/medical_segmentation/segresnet_brats2015.yaml
@@ -57,12 +58,21 @@ def make_folds(root: Path, work: Path) -> list[Path]:
     return folds
 
 
-def check_not_trained_on(run: Path, held_out: Path) -> None:
-    """Refuse a fold's run folder (one found there, perhaps moved in by hand) whose training cases include the case
-    the fold holds out: its score would be a training score."""
+def check_reusable(run: Path, expected: dict, held_out: Path) -> None:
+    """Refuse a fold's run folder found in place (an earlier run, perhaps moved in by hand) that was trained with
+    another recipe or overrides than this call's (its scores would be another variant's), or on the case the fold
+    holds out (its score would be a training score). `expected`: this call's recipe as a dict."""
     import yaml
 
+    def training_part(recipe: dict) -> dict:   # where the data lies and the run folder may differ
+        return yaml.safe_load(yaml.safe_dump({**recipe, "output": None, "data": {**recipe["data"], "root": None}}))
+
     config = yaml.safe_load((run / "config.yaml").read_text())
+    found, wanted = training_part(config), training_part(expected)
+    if found != wanted:
+        differ = sorted(k for k in wanted if wanted[k] != found.get(k))
+        raise SystemExit(f"{run}: trained with another recipe or overrides (its {', '.join(differ)} differ); remove "
+                         f"it or give --work another folder")
     trained = Path(config["data"]["root"]) / "train"
     if held_out.resolve() in {case.resolve() for case in trained.iterdir()}:
         raise SystemExit(f"{run}: trained on {held_out.name} (its data.root {trained.parent}), the case this fold "
@@ -106,7 +116,7 @@ def main(argv=None) -> None:
                 print(" ".join(command), file=sys.stderr, flush=True)
                 subprocess.run(command, check=True, env=dict(os.environ))
             held_out = next((fold / "test").iterdir())
-            check_not_trained_on(run, held_out)
+            check_reusable(run, load_recipe(args.recipe, args.override).to_dict(), held_out)
             held_out = held_out.name
             for name in names:
                 options = {**recipe.options, **VARIANTS[name]}
